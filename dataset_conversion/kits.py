@@ -1,0 +1,68 @@
+"""Official KiTS19 / KiTS21 / KiTS23 layout -> raw format.
+
+Source: `SRC/case_XXXXX/{imaging,segmentation}.nii.gz` (KiTS19 may keep them
+under `SRC/data/`), optional `kits.json`. Label 3 (cyst) appears in KiTS21/23.
+Files are copied byte for byte, so geometry and voxel values stay exactly the source's.
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from kitsseg.atomic import atomic_path
+from kitsseg.dataset import check_case_id, check_geometry, kits_dataset_info
+from kitsseg.errors import KitssegError
+from kitsseg.io import load_volume, read_properties
+
+
+def _case_folders(src: Path) -> list[Path]:
+    base = src / "data" if (src / "data").is_dir() and not list(src.glob("case_*")) else src
+    folders = sorted(p for p in base.glob("case_*") if p.is_dir())
+    if not folders:
+        raise KitssegError(f"{src}: no case_XXXXX folders found")
+    return folders
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def convert_kits(src: Path, raw_dir: Path, quiet: bool = False) -> list[str]:
+    """Convert a KiTS folder into `raw_dir`; return the converted case ids.
+
+    A case without `imaging.nii.gz` is skipped with a warning; an unreadable case
+    or a geometry mismatch raises naming the case.
+    """
+    src = Path(src)
+    label_values: set[int] = set()
+    converted = []
+    for folder in tqdm(_case_folders(src), desc="convert", disable=quiet):
+        case_id = check_case_id(folder.name)
+        image, label = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+        if not image.exists():
+            warnings.warn(f"{folder}: no imaging.nii.gz, case skipped")
+            continue
+        if not label.exists():
+            raise KitssegError(f"{label}: segmentation missing for case {case_id}")
+        check_geometry(case_id, read_properties(image), read_properties(label))
+        labels, _ = load_volume(label, np.int32)
+        found = set(np.unique(labels).tolist())
+        if not found <= {0, 1, 2, 3}:
+            raise KitssegError(f"{label}: unexpected label values {sorted(found - {0, 1, 2, 3})}")
+        label_values |= found
+        _copy(image, raw_dir / "imagesTr" / f"{case_id}_0000.nii.gz")
+        _copy(label, raw_dir / "labelsTr" / f"{case_id}.nii.gz")
+        converted.append(case_id)
+    if not converted:
+        raise KitssegError(f"{src}: no case with imaging.nii.gz found")
+    for meta in (src / "kits.json", src / "data" / "kits.json"):
+        if meta.exists():
+            _copy(meta, raw_dir / "kits.json")
+            break
+    kits_dataset_info(label_values, len(converted)).save(raw_dir / "dataset.json")
+    return converted

@@ -1,0 +1,39 @@
+"""Shared fixtures: small phantoms made here, and the read-only ../shared/data when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+KITS19_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "kits19").is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+def make_image(array: np.ndarray, spacing_xyz=(1.0, 0.8, 0.8), origin_xyz=(10.0, -20.0, 30.0),
+               direction=KITS19_DIRECTION) -> sitk.Image:
+    """A SimpleITK image of a raw (k, j, i) array with the given geometry."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(origin_xyz)
+    image.SetDirection(direction)
+    return image
+
+
+@pytest.fixture(scope="session")
+def phantom_raw(tmp_path_factory) -> Path:
+    """A 4-case phantom dataset (small volumes) in the raw format."""
+    from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
+
+    raw = tmp_path_factory.mktemp("phantom") / "raw" / "Phantom"
+    write_phantom_dataset(raw, 4, seed=1, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
+    return raw

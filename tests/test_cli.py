@@ -1,0 +1,38 @@
+"""The console scripts: help texts, exit codes, one-line errors without tracebacks."""
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["kits_convert", "kits_plan_and_preprocess", "kits_train", "kits_predict",
+            "kits_evaluate", "kits_demo"]
+
+
+def run(*args, cwd=None):
+    code = "import sys; from kitsseg import cli; sys.exit(cli.{}(sys.argv[1:]))"
+    name = args[0].replace("kits_", "") + "_main"
+    return subprocess.run([sys.executable, "-c", code.format(name), *args[1:]], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "--data-root" in result.stdout or "{kits,phantom}" in result.stdout
+
+
+def test_convert_phantom_then_bad_source(tmp_path):
+    result = run("kits_convert", "phantom", "-n", "2", "--shape", "16", "32", "32",
+                 "--data-root", str(tmp_path), "-d", "Tiny", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "raw" / "Tiny" / "labelsTr" / "case_00001.nii.gz").exists()
+
+    src = tmp_path / "src" / "case_00000"
+    src.mkdir(parents=True)
+    (src / "imaging.nii.gz").write_text("not an image")
+    (src / "segmentation.nii.gz").write_text("not an image")
+    result = run("kits_convert", "kits", str(tmp_path / "src"), "--data-root", str(tmp_path), "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "imaging.nii.gz" in lines[0] and "Traceback" not in result.stderr

@@ -1,0 +1,85 @@
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dataset_conversion.kits import convert_kits
+from dataset_conversion.phantom import PhantomConfig, generate_case, write_phantom_dataset
+from kitsseg.dataset import check_dataset, list_cases
+from kitsseg.errors import KitssegError
+
+
+def test_phantom_is_deterministic_and_anatomical():
+    config = PhantomConfig(shape=(32, 64, 64))
+    a = generate_case(np.random.default_rng([3, 0]), config)
+    b = generate_case(np.random.default_rng([3, 0]), config)
+    c = generate_case(np.random.default_rng([3, 1]), config)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    image, labels, spacing = a
+    assert image.dtype == np.int16 and labels.dtype == np.uint8
+    assert 1.5 <= spacing[0] <= 2.5 and 0.7 <= spacing[1] == spacing[2] <= 0.9
+    kidney_hu = image[labels == 1].mean()
+    assert 100 < kidney_hu < 230  # enhancing parenchyma
+    assert image[0, 0, 0] < -900  # air outside the torso
+    # two kidneys, one per side of the midline (axis 2 = patient left)
+    xs = np.nonzero(labels == 1)[2]
+    assert (xs < 32).any() and (xs >= 32).any()
+
+
+def test_phantom_dataset_is_valid_and_fast(tmp_path):
+    start = time.perf_counter()
+    ids = write_phantom_dataset(tmp_path, 3, seed=0, quiet=True)  # default 64x128x128
+    assert time.perf_counter() - start < 10  # generous; the benchmark is kits_convert phantom -n 20
+    assert ids == ["case_00000", "case_00001", "case_00002"]
+    assert check_dataset(tmp_path) == []
+    image = sitk.ReadImage(str(tmp_path / "imagesTr" / "case_00000_0000.nii.gz"))
+    assert image.GetSize() == (128, 128, 64)
+
+
+def _fake_kits_source(shared, cases, dst):
+    """KiTS layout from shared label maps, with an 'imaging' of the same geometry."""
+    for case_dir in cases:
+        out = dst / case_dir.name
+        out.mkdir(parents=True)
+        shutil.copy(case_dir / "segmentation.nii.gz", out)
+        seg = sitk.ReadImage(str(case_dir / "segmentation.nii.gz"))
+        image = sitk.Cast(seg, sitk.sitkInt16) * 100 - 1000
+        sitk.WriteImage(image, str(out / "imaging.nii.gz"))
+
+
+def test_convert_kits19_and_kits23_layouts(shared_data, tmp_path):
+    k19 = [shared_data / "kits19" / c for c in ("case_00061", "case_00148")]
+    k23 = [shared_data / "kits23-cysts" / c for c in ("case_00110",)]
+    _fake_kits_source(shared_data, k19, tmp_path / "src19")
+    _fake_kits_source(shared_data, k23, tmp_path / "src23")
+    (tmp_path / "src19" / "case_00999").mkdir()  # no imaging: skipped with a warning
+    with pytest.warns(UserWarning, match="case_00999"):
+        ids19 = convert_kits(tmp_path / "src19", tmp_path / "raw19", quiet=True)
+    ids23 = convert_kits(tmp_path / "src23", tmp_path / "raw23", quiet=True)
+    assert ids19 == ["case_00061", "case_00148"] and ids23 == ["case_00110"]
+    labels19 = json.loads((tmp_path / "raw19" / "dataset.json").read_text())["labels"]
+    labels23 = json.loads((tmp_path / "raw23" / "dataset.json").read_text())["labels"]
+    assert labels19 == {"background": 0, "kidney": 1, "tumor": 2}
+    assert labels23 == {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
+    for src, raw, case in [("src19", "raw19", "case_00061"), ("src23", "raw23", "case_00110")]:
+        for a, b in [(f"{src}/{case}/imaging.nii.gz", f"{raw}/imagesTr/{case}_0000.nii.gz"),
+                     (f"{src}/{case}/segmentation.nii.gz", f"{raw}/labelsTr/{case}.nii.gz")]:
+            x, y = sitk.ReadImage(str(tmp_path / a)), sitk.ReadImage(str(tmp_path / b))
+            assert (x.GetSize(), x.GetSpacing(), x.GetOrigin(), x.GetDirection()) == \
+                   (y.GetSize(), y.GetSpacing(), y.GetOrigin(), y.GetDirection())
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(x), sitk.GetArrayFromImage(y))
+    assert len(list_cases(tmp_path / "raw23")[1]) == 1
+
+
+def test_convert_kits_rejects_truncated_image(shared_data, tmp_path):
+    _fake_kits_source(shared_data, [shared_data / "kits19" / "case_00061"], tmp_path / "src")
+    image = tmp_path / "src" / "case_00061" / "imaging.nii.gz"
+    image.write_bytes(image.read_bytes()[:2000])
+    with pytest.raises(KitssegError, match="imaging.nii.gz: truncated"):
+        convert_kits(tmp_path / "src", tmp_path / "raw", quiet=True)
+    assert not (tmp_path / "raw" / "dataset.json").exists()
