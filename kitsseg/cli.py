@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable
 
-from kitsseg.errors import KitssegError
+from kitsseg.errors import KitssegError, use_one_line_warnings
 from kitsseg.paths import DEFAULT_DATASET, DatasetPaths, resolve_data_root
 
 
@@ -25,15 +26,11 @@ def _dataset_paths(args: argparse.Namespace) -> DatasetPaths:
     return DatasetPaths(resolve_data_root(args.data_root), args.dataset)
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int | None],
          argv: list[str] | None) -> int:
     """Parse, run, and turn user errors into one line on stderr and exit code 1."""
     args = parser.parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    use_one_line_warnings()
     try:
         return int(command(args) or 0)
     except KitssegError as exc:
@@ -93,12 +90,100 @@ def _stub_main(prog: str, description: str, argv: list[str] | None) -> int:
     return _run(parser, _not_implemented(prog), argv)
 
 
+def _plan_and_preprocess(args: argparse.Namespace) -> int:
+    from kitsseg.plan_and_preprocess import plan_and_preprocess
+
+    paths = _dataset_paths(args)
+    failed = plan_and_preprocess(paths, args.steps, args.num_workers, Path(args.preset), args.normalization,
+                                 args.gpu_memory_gb, args.overwrite, args.quiet)
+    if failed:
+        print(f"error: {failed} case(s) failed preprocessing (see warnings above)", file=sys.stderr)
+        return 1
+    print(f"plans: {paths.plans}\npreprocessed: {paths.preprocessed}")
+    return 0
+
+
 def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
-    return _stub_main("kits_plan_and_preprocess", "Fingerprint, plan and preprocess a dataset.", argv)
+    from kitsseg.plan_and_preprocess import STEPS
+    from kitsseg.planning import DEFAULT_PRESET
+
+    parser = argparse.ArgumentParser(
+        prog="kits_plan_and_preprocess",
+        description="Fingerprint a raw dataset, write plans.json, and cache both stages as .npz "
+                    "(coarse: whole scan; fine: kidney regions only) plus splits_final.json.")
+    _add_common(parser)
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                        help="steps to run (default: all three, in order)")
+    parser.add_argument("-np", "--num-workers", type=int, default=2, metavar="WORKERS",
+                        help="worker processes, one case each (default: 2)")
+    parser.add_argument("--preset", default=str(DEFAULT_PRESET),
+                        help="preset JSON with the method's choices (default: plans/vbnet_paper.json)")
+    parser.add_argument("--normalization", choices=["window", "percentile"],
+                        help="override the preset: 'window' = clip to window_hu, scale to [-1, 1]; "
+                             "'percentile' = nnU-Net's CT scheme from the fingerprint")
+    parser.add_argument("--gpu-memory-gb", type=float, default=8.0,
+                        help="GPU memory budget that sets the batch size (default: 8)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every step and case (default: skip what is up to date)")
+    return _run(parser, _plan_and_preprocess, argv)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args.num_gpus, args.raw_argv)
+    from kitsseg.training.trainer import TrainConfig, train
+
+    config = TrainConfig(stage=args.stage, fold=args.fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+                         val_iters=args.val_iters, lr=args.lr, loss=args.loss, device=args.device,
+                         num_workers=args.num_workers, seed=args.seed, augment_strength=args.augment,
+                         lesion_fraction=args.lesion_fraction, outside_fraction=args.outside_fraction,
+                         time_budget_min=args.time_budget)
+    out = train(_dataset_paths(args), config, resume=args.resume, quiet=args.quiet)
+    print(f"trained model: {out}")
+    return 0
+
+
+def _launch_torchrun(num_processes: int, argv: list[str]) -> int:
+    """Re-run this very command under torchrun with one process per GPU (or CPU worker)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={num_processes}", "-m", "kitsseg.cli", "train", *argv]
+    return subprocess.call(command)
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    return _stub_main("kits_train", "Train one stage and fold of the VB-Net cascade.", argv)
+    parser = argparse.ArgumentParser(
+        prog="kits_train", description="Train one stage and one cross-validation fold of the VB-Net cascade "
+        "into ROOT/results/NAME/STAGE/fold_K (checkpoints, training_log.csv, progress.png).")
+    parser.add_argument("stage", choices=["3d_coarse", "3d_fine"], help="which network of the cascade")
+    parser.add_argument("fold", choices=["0", "1", "2", "3", "4", "all"],
+                        help="cross-validation fold from splits_final.json, or 'all' to train on every case")
+    _add_common(parser)
+    parser.add_argument("--epochs", type=int, default=100, help="epochs (default: 100)")
+    parser.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default: 250)")
+    parser.add_argument("--val-iters", type=int, default=20, help="validation batches per epoch (default: 20)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate, AdamW, poly decay (default: 1e-3)")
+    parser.add_argument("--loss", choices=["gdice", "gdice_ce"], default="gdice",
+                        help="generalized Dice (the paper), or generalized Dice + cross-entropy")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto = CUDA when available (mixed precision, channels_last_3d), else CPU")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="background augmentation processes; 0 = in the main process, deterministic (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--augment", type=float, default=1.0, metavar="STRENGTH",
+                        help="augmentation strength, 0 turns it off (default: 1)")
+    parser.add_argument("--lesion-fraction", type=float, default=0.33,
+                        help="fine stage: share of crops centred on tumour/cyst voxels (default: 0.33)")
+    parser.add_argument("--outside-fraction", type=float, default=0.0,
+                        help="fine stage: share of crops centred anywhere in the VOI rather than in the "
+                             "kidney mask (default: 0, the paper)")
+    parser.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES",
+                        help="train until this much wall-clock time is spent; the learning rate follows it")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="data-parallel processes launched with torchrun (DDP; gloo on CPU)")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="resume from checkpoint_latest.pt (model, optimizer, epoch, RNG, log)")
+    parser.set_defaults(raw_argv=list(sys.argv[1:] if argv is None else argv))
+    return _run(parser, _train, argv)
 
 
 def predict_main(argv: list[str] | None = None) -> int:
@@ -111,3 +196,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 def demo_main(argv: list[str] | None = None) -> int:
     return _stub_main("kits_demo", "Run the whole method end to end on phantoms.", argv)
+
+
+_COMMANDS = {"convert": convert_main, "plan_and_preprocess": plan_and_preprocess_main, "train": train_main,
+             "predict": predict_main, "evaluate": evaluate_main, "demo": demo_main}
+
+if __name__ == "__main__":  # python -m kitsseg.cli COMMAND ... (used by torchrun)
+    sys.argv = [f"kits_{sys.argv[1]}", *sys.argv[2:]]
+    sys.exit(_COMMANDS[sys.argv[0][5:]](sys.argv[1:]))

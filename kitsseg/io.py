@@ -219,15 +219,22 @@ def read_properties(path: Path | str) -> CaseProperties:
                           tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 
-def load_volume(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, CaseProperties]:
-    """Read a volume as a canonical `(z, y, x)` array of `dtype` plus its original geometry."""
+def load_volume(path: Path | str, dtype=None) -> tuple[np.ndarray, CaseProperties]:
+    """Read a volume as a canonical `(z, y, x)` array plus its original geometry.
+
+    With `dtype` None the array keeps the file's type and is a (possibly strided)
+    view, so a large CT is not copied; otherwise it is a contiguous array of `dtype`.
+    """
     image = read_image(path)
     props = CaseProperties.from_image(image)
     try:
         props.axes
     except ValueError as exc:
         raise KitssegError(f"{path}: {exc}") from None
-    array = np.ascontiguousarray(to_canonical(sitk.GetArrayViewFromImage(image), props), dtype=dtype)
+    array = to_canonical(sitk.GetArrayFromImage(image), props)
+    del image
+    if dtype is not None:
+        array = np.ascontiguousarray(array, dtype=dtype)
     return array, props
 
 

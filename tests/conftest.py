@@ -31,9 +31,9 @@ def make_image(array: np.ndarray, spacing_xyz=(1.0, 0.8, 0.8), origin_xyz=(10.0,
 
 @pytest.fixture(scope="session")
 def phantom_raw(tmp_path_factory) -> Path:
-    """A 4-case phantom dataset (small volumes) in the raw format."""
+    """A 5-case phantom dataset (small volumes) in the raw format."""
     from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
 
     raw = tmp_path_factory.mktemp("phantom") / "raw" / "Phantom"
-    write_phantom_dataset(raw, 4, seed=1, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
+    write_phantom_dataset(raw, 5, seed=1, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
     return raw

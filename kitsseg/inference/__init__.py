@@ -1,0 +1,1 @@
+"""Inference: whole-volume and sliding-window prediction, the coarse-to-fine cascade."""

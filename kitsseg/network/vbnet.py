@@ -1,0 +1,101 @@
+"""VB-Net: a V-Net whose residual units are bottlenecks (1x1x1 to C/4, 3x3x3, 1x1x1 back to C).
+
+Stem conv, down blocks (2x2x2 stride-2 conv, residual units), up blocks (2x2x2
+transposed conv, skip concatenation, residual units), a 1x1x1 head that returns
+logits. Units narrower than `bottleneck_min_channels` are plain (two 3x3x3 convs).
+The published topology (the default `NetworkConfig`) has about 2.2 M parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kitsseg.planning import NetworkConfig
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, stride, padding=kernel // 2 if stride == 1 else 0,
+                                   bias=False),
+                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
+
+
+class ResidualUnit(nn.Module):
+    """x -> relu(x + body(x)); the body is a bottleneck or two 3x3x3 convs."""
+
+    def __init__(self, channels: int, bottleneck: bool):
+        super().__init__()
+        if bottleneck:
+            mid = channels // 4
+            layers = [conv_bn_relu(channels, mid, 1), conv_bn_relu(mid, mid, 3),
+                      nn.Conv3d(mid, channels, 1, bias=False)]
+        else:
+            layers = [conv_bn_relu(channels, channels, 3), nn.Conv3d(channels, channels, 3, padding=1, bias=False)]
+        self.body = nn.Sequential(*layers, nn.BatchNorm3d(channels))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.body(x))
+
+
+def residual_stack(channels: int, count: int, config: NetworkConfig) -> nn.Sequential:
+    bottleneck = channels >= config.bottleneck_min_channels
+    return nn.Sequential(*[ResidualUnit(channels, bottleneck) for _ in range(count)])
+
+
+class DownBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, units: int, config: NetworkConfig):
+        super().__init__()
+        self.down = conv_bn_relu(in_channels, out_channels, 2, stride=2)
+        self.units = residual_stack(out_channels, units, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.units(self.down(x))
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, units: int,
+                 config: NetworkConfig):
+        super().__init__()
+        self.up = nn.Sequential(nn.ConvTranspose3d(in_channels, out_channels - skip_channels, 2, 2, bias=False),
+                                nn.BatchNorm3d(out_channels - skip_channels), nn.ReLU(inplace=True))
+        self.units = residual_stack(out_channels, units, config)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.units(torch.cat([self.up(x), skip], dim=1))
+
+
+class VBNet(nn.Module):
+    """VB-Net built from a `NetworkConfig`; input sides must be multiples of `config.stride`."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        if len(config.down_channels) != len(config.up_channels):
+            raise ValueError("down_channels and up_channels must have the same length")
+        self.config = config
+        self.stem = conv_bn_relu(config.in_channels, config.stem_channels, 3)
+        widths = [config.stem_channels, *config.down_channels]
+        self.downs = nn.ModuleList(DownBlock(widths[i], widths[i + 1], n, config)
+                                   for i, n in enumerate(config.down_blocks))
+        skips = widths[-2::-1]
+        ins = [widths[-1], *config.up_channels[:-1]]
+        self.ups = nn.ModuleList(UpBlock(i, s, o, n, config)
+                                 for i, s, o, n in zip(ins, skips, config.up_channels, config.up_blocks))
+        self.head = nn.Conv3d(config.up_channels[-1], config.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        for down in self.downs:
+            features.append(down(features[-1]))
+        x = features.pop()
+        for up in self.ups:
+            x = up(x, features.pop())
+        return self.head(x)
+
+
+def build_network(config: NetworkConfig) -> VBNet:
+    return VBNet(config)
+
+
+def parameter_megabytes(network: nn.Module) -> float:
+    """Size of the parameters in float32, in MB (10^6 bytes)."""
+    return sum(p.numel() for p in network.parameters()) * 4 / 1e6

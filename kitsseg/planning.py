@@ -1,0 +1,245 @@
+"""Plans: one typed, frozen object (JSON on disk) that says how every stage is preprocessed and trained.
+
+`plan_experiment(fingerprint, preset)` fills the preset's choices (spacings, crop sizes,
+intensity window, network) with what the dataset fingerprint implies (patch sizes shrunk
+to the data, VOI margin, batch size from a GPU memory budget, classes from the labels).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from kitsseg.atomic import write_json
+from kitsseg.errors import KitssegError
+from kitsseg.fingerprint import Fingerprint
+
+PLANS_VERSION = 1
+COARSE, FINE = "3d_coarse", "3d_fine"
+STAGES = (COARSE, FINE)
+FINE_CLASS_NAMES = ("background", "kidney", "tumor", "cyst")
+DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper.json"
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """CT normalisation: 'window' clips to window_hu and scales to [-1, 1]; 'percentile'
+    clips to window_hu (the foreground 0.5/99.5 percentiles) and z-scores with mean/std."""
+
+    scheme: str = "window"
+    window_hu: tuple[float, float] = (-200.0, 500.0)
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """VB-Net topology: a stem conv, down blocks (stride-2 conv + residual units), up blocks
+    (transposed conv + skip concatenation + residual units), 1x1x1 head. Residual units
+    with at least `bottleneck_min_channels` channels are bottlenecks (C -> C/4 -> C)."""
+
+    in_channels: int = 1
+    num_classes: int = 2
+    stem_channels: int = 16
+    down_channels: tuple[int, ...] = (32, 64, 128, 256)
+    down_blocks: tuple[int, ...] = (1, 2, 3, 3)
+    up_channels: tuple[int, ...] = (256, 128, 64, 32)
+    up_blocks: tuple[int, ...] = (3, 3, 2, 1)
+    bottleneck_min_channels: int = 64
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.down_channels)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything one stage needs: grid, crop, batch, classes, network, and (fine) VOI margin."""
+
+    name: str
+    spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    batch_size: int
+    class_names: tuple[str, ...]
+    network: NetworkConfig
+    voi_margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def merges_foreground(self) -> bool:
+        """The coarse stage learns one class: the kidney region (label > 0)."""
+        return self.name == COARSE
+
+
+@dataclass(frozen=True)
+class Plans:
+    version: int
+    dataset_name: str
+    labels: dict[str, int]
+    intensity: IntensityConfig
+    stages: dict[str, StagePlan] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for stage in data["stages"].values():
+            stage["num_classes"] = len(stage["class_names"])
+        return _lists(data)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "plans") -> "Plans":
+        try:
+            if data.get("version") != PLANS_VERSION:
+                raise ValueError(f"version {data.get('version')!r} (expected {PLANS_VERSION})")
+            stages = {}
+            for name, stage in data["stages"].items():
+                stage = {k: v for k, v in stage.items() if k != "num_classes"}
+                stages[name] = _build(StagePlan, {**stage, "network": _build(NetworkConfig, stage["network"])})
+            return cls(PLANS_VERSION, str(data["dataset_name"]), dict(data["labels"]),
+                       _build(IntensityConfig, data["intensity"]), stages)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KitssegError(f"{source}: invalid plans ({type(exc).__name__}: {exc})") from None
+
+    def stage(self, name: str) -> StagePlan:
+        if name not in self.stages:
+            raise KitssegError(f"plans have no stage {name!r} (have: {', '.join(self.stages)})")
+        return self.stages[name]
+
+    def stage_hash(self, name: str) -> str:
+        """Hash of what determines a stage's preprocessed data (for idempotent reruns)."""
+        stage = self.stage(name)
+        key = {"intensity": asdict(self.intensity), "spacing_mm": stage.spacing_mm,
+               "voi_margin_mm": stage.voi_margin_mm, "labels": self.labels, "stage": name}
+        return hashlib.sha256(json.dumps(_lists(key), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _lists(value):
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "tuple": (list, tuple), "dict": (dict,)}
+
+
+def _build(cls, data: dict):
+    """Build a frozen dataclass from JSON data, checking keys and types, lists becoming tuples."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        expected = _JSON_TYPES.get(str(known[name].type).split("[")[0].split(" ")[0])
+        if expected and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise TypeError(f"{cls.__name__}.{name} must be a {str(known[name].type)}, got {value!r}")
+        values[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def load_plans(path: Path) -> Plans:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KitssegError(f"{path}: plans not found (run kits_plan_and_preprocess --steps plan)") from None
+    except json.JSONDecodeError as exc:
+        raise KitssegError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise KitssegError(f"{path}: invalid plans (expected a JSON object)")
+    return Plans.from_dict(data, str(path))
+
+
+def save_plans(plans: Plans, path: Path) -> None:
+    write_json(plans.to_dict(), path)
+
+
+def load_preset(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KitssegError(f"{path}: cannot read preset ({exc})") from None
+
+
+def estimate_activation_bytes(network: NetworkConfig, patch_size) -> int:
+    """Training memory of one sample's stored activations (float32, forward + backward).
+
+    Counts about three tensors per conv (conv, norm, activation) at each resolution;
+    a bottleneck unit stores two C/4-channel convs and one C-channel conv.
+    """
+    voxels = float(np.prod(patch_size))
+    per_voxel = 3 * network.stem_channels
+
+    def unit_floats(channels: int) -> float:
+        if channels >= network.bottleneck_min_channels:
+            return 3 * (channels / 4) * 2 + 3 * channels
+        return 3 * channels * 2
+
+    for level, (channels, blocks) in enumerate(zip(network.down_channels, network.down_blocks), 1):
+        per_voxel += (3 * channels + blocks * unit_floats(channels)) / 8 ** level
+    levels = range(len(network.up_channels) - 1, -1, -1)
+    for level, channels, blocks in zip(levels, network.up_channels, network.up_blocks):
+        per_voxel += (3 * channels / 2 + channels + blocks * unit_floats(channels)) / 8 ** level
+    per_voxel += 2 * network.num_classes
+    return int(voxels * per_voxel * 4 * 2)  # x2: gradients of the stored activations
+
+
+def batch_size_for_budget(network: NetworkConfig, patch_size, gpu_memory_gb: float) -> int:
+    """Largest batch (2 to 32) whose activations fit the budget, after ~1 GB of overhead."""
+    available = (gpu_memory_gb - 1.0) * 1024 ** 3
+    return int(np.clip(available // estimate_activation_bytes(network, patch_size), 2, 32))
+
+
+def _shrink_patch(preset_patch, extent_voxels, stride: int) -> tuple[int, int, int]:
+    """Preset patch, shrunk per axis to the smallest multiple of `stride` covering the extent."""
+    return tuple(int(min(p, max(stride, int(np.ceil(e / stride)) * stride)))
+                 for p, e in zip(preset_patch, extent_voxels))
+
+
+def voi_margin_mm(kidney_median_mm, coarse_spacing_mm) -> tuple[float, float, float]:
+    """Margin around a kidney box: two coarse voxels (the coarse stage's localisation error),
+    or a tenth of a median kidney where that is larger."""
+    return tuple(float(np.ceil(max(2 * c, 0.1 * k))) for k, c in zip(kidney_median_mm, coarse_spacing_mm))
+
+
+def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict[str, int], preset: dict,
+                    normalization: str | None = None, gpu_memory_gb: float = 8.0) -> Plans:
+    """Plans for a dataset from its fingerprint and a preset (see plans/README.md)."""
+    intensity = _build(IntensityConfig, preset.get("intensity", {}))
+    scheme = normalization or intensity.scheme
+    if scheme == "percentile":
+        fg = fingerprint.foreground_intensity
+        intensity = IntensityConfig("percentile", (fg["percentile_00_5"], fg["percentile_99_5"]),
+                                    fg["mean"], max(fg["std"], 1e-3))
+    elif scheme != "window":
+        raise KitssegError(f"unknown normalization {scheme!r} (use window or percentile)")
+
+    stage_presets = preset.get("stages", {})
+    coarse_spacing = tuple(float(v) for v in stage_presets.get(COARSE, {}).get("spacing_mm", (6, 6, 6)))
+    margin = voi_margin_mm(fingerprint.kidney_size_mm["median"], coarse_spacing)
+    fine_names = tuple(n for n in FINE_CLASS_NAMES if n == "background" or labels.get(n) is not None)
+    extents_mm = {
+        COARSE: np.asarray(fingerprint.median_shape) * np.asarray(fingerprint.median_spacing_mm),
+        FINE: np.asarray(fingerprint.kidney_size_mm["median"]) + 2 * np.asarray(margin),
+    }
+    stages = {}
+    for name in STAGES:
+        stage_preset = stage_presets.get(name, {})
+        class_names = ("background", "kidney_region") if name == COARSE else fine_names
+        network = _build(NetworkConfig, {**stage_preset.get("network", {}), "num_classes": len(class_names)})
+        spacing = tuple(float(v) for v in stage_preset.get("spacing_mm", (6, 6, 6) if name == COARSE else (1, 1, 1)))
+        patch = _shrink_patch(stage_preset.get("patch_size", (96, 96, 96)),
+                              extents_mm[name] / np.asarray(spacing), network.stride)
+        batch = stage_preset.get("batch_size") or batch_size_for_budget(network, patch, gpu_memory_gb)
+        stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
+                                 margin if name == FINE else (0.0, 0.0, 0.0))
+    return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages)
+

@@ -1,0 +1,167 @@
+"""Preprocessing: resample and normalise each case for both stages, cache as .npz + .json sidecar.
+
+Layered as in nnU-Net: `preprocess_coarse` / `preprocess_fine` are pure (arrays in,
+arrays out), `preprocess_case` adds reading and writing, `preprocess_dataset` runs
+cases in parallel and skips those already up to date.
+
+Coarse: the whole scan at the coarse spacing -> `3d_coarse/<case>.npz`.
+Fine: each kidney's box plus `voi_margin_mm` at the fine spacing -> `3d_fine/<case>_voi<k>.npz`.
+Arrays: `image` float16 `(z, y, x)` normalised, `label` uint8 (original label values).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kitsseg.atomic import atomic_path, write_json
+from kitsseg.boxes import Box, box_from_list, box_to_list, grow_box
+from kitsseg.dataset import DatasetInfo, RawCase, load_case
+from kitsseg.kidneys import kidney_boxes
+from kitsseg.parallel import map_cases
+from kitsseg.planning import COARSE, FINE, IntensityConfig, Plans, StagePlan
+from kitsseg.paths import DatasetPaths
+from kitsseg.resampling import resample, resample_labels, shape_at_spacing
+
+
+@dataclass(frozen=True)
+class StageArrays:
+    """One preprocessed array pair and where it came from in the canonical original volume."""
+
+    image: np.ndarray
+    label: np.ndarray
+    box: Box
+    spacing_mm: tuple[float, float, float]
+
+
+def normalise(image_hu: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
+    """Clip to the window, then scale to [-1, 1] ('window') or z-score ('percentile'), in place."""
+    low, high = intensity.window_hu
+    np.clip(image_hu, low, high, out=image_hu)
+    if intensity.scheme == "window":
+        image_hu -= (low + high) / 2
+        image_hu *= 2.0 / (high - low)
+    else:
+        image_hu -= intensity.mean
+        image_hu /= intensity.std
+    return image_hu
+
+
+def _resample_box(image, label, box: Box, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
+                  label_values: Sequence[int]) -> StageArrays:
+    crop_image, crop_label = image[box], label[box]
+    shape = shape_at_spacing(crop_image.shape, spacing_mm, stage.spacing_mm)
+    effective = tuple(float(n * s / m) for n, s, m in zip(crop_image.shape, spacing_mm, shape))
+    resampled_hu = resample(crop_image, shape)
+    np.rint(resampled_hu, out=resampled_hu)  # whole HU, as the source CT; compresses far better
+    return StageArrays(normalise(resampled_hu, intensity),
+                       resample_labels(crop_label, shape, label_values), box, effective)
+
+
+def preprocess_coarse(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
+                      label_values: Sequence[int]) -> StageArrays:
+    """The whole scan at the coarse spacing."""
+    whole = tuple(slice(0, n) for n in image.shape)
+    return _resample_box(image, label, whole, spacing_mm, stage, intensity, label_values)
+
+
+def preprocess_fine(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
+                    label_values: Sequence[int]) -> list[StageArrays]:
+    """Each kidney's box grown by the VOI margin, at the fine spacing (never the whole scan)."""
+    boxes = [grow_box(box, stage.voi_margin_mm, spacing_mm, image.shape)
+             for box in kidney_boxes(label > 0, spacing_mm)]
+    return [_resample_box(image, label, box, spacing_mm, stage, intensity, label_values) for box in boxes]
+
+
+def _save_npz(arrays: StageArrays, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, image=arrays.image.astype(np.float16), label=arrays.label)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image float16, label uint8) of one preprocessed file; never unpickles."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["image"], data["label"]
+
+
+def _entry(arrays: StageArrays, file: str, label_values) -> dict:
+    counts = np.bincount(arrays.label.ravel(), minlength=max(label_values) + 1)
+    return {"file": file, "box": box_to_list(arrays.box), "spacing_mm": list(arrays.spacing_mm),
+            "shape": list(arrays.label.shape),
+            "voxels_per_label": {str(v): int(counts[v]) for v in label_values}}
+
+
+def sidecar_path(stage_dir: Path, case_id: str) -> Path:
+    return stage_dir / f"{case_id}.json"
+
+
+def is_up_to_date(stage_dir: Path, case_id: str, plans_hash: str) -> bool:
+    """True when the sidecar (written last) matches the plans and all its arrays exist."""
+    try:
+        sidecar = json.loads(sidecar_path(stage_dir, case_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (sidecar.get("plans_hash") == plans_hash
+            and all((stage_dir / a["file"]).exists() for a in sidecar.get("arrays", [])))
+
+
+def read_sidecar(stage_dir: Path, case_id: str) -> dict:
+    data = json.loads(sidecar_path(stage_dir, case_id).read_text())
+    for entry in data["arrays"]:
+        entry["box"] = box_from_list(entry["box"])
+    return data
+
+
+def _write_stage(stage_dir: Path, case_id: str, plans_hash: str, props, results: list[StageArrays],
+                 names: list[str], label_values) -> None:
+    sidecar = sidecar_path(stage_dir, case_id)
+    sidecar.unlink(missing_ok=True)  # invalid until every array is written
+    for stale in stage_dir.glob(f"{case_id}_voi*.npz"):
+        stale.unlink()
+    for arrays, name in zip(results, names):
+        _save_npz(arrays, stage_dir / name)
+    write_json({"case_id": case_id, "plans_hash": plans_hash, "properties": props.to_dict(),
+                "arrays": [_entry(a, n, label_values) for a, n in zip(results, names)]}, sidecar)
+
+
+def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Path,
+                    overwrite: bool = False) -> dict[str, int]:
+    """Read one case, write whichever stages are not up to date; return arrays written per stage."""
+    todo = [s for s in (COARSE, FINE)
+            if overwrite or not is_up_to_date(out_dir / s, case.case_id, plans.stage_hash(s))]
+    if not todo:
+        return {}
+    image, label, props = load_case(case, info)
+    label_values = sorted(info.label_values)
+    written = {}
+    for name in todo:
+        stage = plans.stage(name)
+        if name == COARSE:
+            results = [preprocess_coarse(image, label, props.spacing_mm, stage, plans.intensity, label_values)]
+            names = [f"{case.case_id}.npz"]
+        else:
+            results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values)
+            names = [f"{case.case_id}_voi{k}.npz" for k in range(len(results))]
+            if not results:
+                warnings.warn(f"case {case.case_id}: no foreground, skipped for the fine stage")
+        _write_stage(out_dir / name, case.case_id, plans.stage_hash(name), props, results, names, label_values)
+        written[name] = len(results)
+    return written
+
+
+def preprocess_dataset(paths: DatasetPaths, plans: Plans, info: DatasetInfo, cases: list[RawCase],
+                       num_workers: int = 1, overwrite: bool = False, quiet: bool = False) -> list[str]:
+    """Preprocess every case (in parallel); return the ids of cases that failed."""
+    for stage in (COARSE, FINE):
+        paths.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        for leftover in paths.stage_dir(stage).glob(".tmp-*"):  # from a killed run; never trusted
+            leftover.unlink()
+    done = map_cases(partial(preprocess_case, info=info, plans=plans, out_dir=paths.preprocessed,
+                             overwrite=overwrite), cases, num_workers, desc="preprocess", quiet=quiet)
+    return [c.case_id for c in cases if c.case_id not in done]

@@ -1,0 +1,1 @@
+"""Training: splits, sampling, augmentation, loss and the trainer."""

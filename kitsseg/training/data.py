@@ -1,0 +1,53 @@
+"""Batches for training: crops from the in-memory stage arrays, augmented in background processes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+
+from kitsseg.training.augmentation import build_augmentation, sample_size
+from kitsseg.training.sampling import CachedVolume, CropSampler
+
+
+class CropLoader:
+    """Infinite iterator of {'data': (B, 1, *patch) float32, 'seg': (B, 1, *patch) int16} batches.
+
+    Each worker (thread id) draws from its own generator seeded by (seed, thread id), so a
+    single-process loader with a given seed always yields the same batches.
+    """
+
+    def __init__(self, volumes: list[CachedVolume], sampler: CropSampler, size: Sequence[int],
+                 batch_size: int, merge_foreground: bool, seed: int):
+        self.volumes, self.sampler, self.size = volumes, sampler, tuple(size)
+        self.batch_size, self.merge_foreground, self.seed = batch_size, merge_foreground, seed
+        self.rng = np.random.default_rng([seed, 0])
+
+    def set_thread_id(self, thread_id: int) -> None:
+        self.rng = np.random.default_rng([self.seed, thread_id])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        images, labels = [], []
+        for _ in range(self.batch_size):
+            volume = self.volumes[self.rng.integers(len(self.volumes))]
+            image, label = self.sampler.sample(volume, self.size, self.rng)
+            images.append(image.astype(np.float32))
+            labels.append((label > 0) if self.merge_foreground else label)
+        return {"data": np.stack(images)[:, None], "seg": np.stack(labels)[:, None].astype(np.int16)}
+
+
+def make_batches(volumes: list[CachedVolume], sampler: CropSampler, patch_size: Sequence[int], batch_size: int,
+                 merge_foreground: bool, seed: int, augment_strength: float, num_workers: int):
+    """An iterator of augmented training batches (augmentation off when strength is 0)."""
+    augment = augment_strength > 0
+    loader = CropLoader(volumes, sampler, sample_size(patch_size, augment), batch_size, merge_foreground, seed)
+    transform = build_augmentation(patch_size, augment_strength) if augment else None
+    if num_workers <= 0:
+        np.random.seed(seed % 2**32)  # batchgenerators' transforms draw from the global generator
+        return SingleThreadedAugmenter(loader, transform)
+    seeds = [int(np.random.default_rng([seed, w]).integers(2**31)) for w in range(num_workers)]
+    return MultiThreadedAugmenter(loader, transform, num_workers, num_cached_per_queue=2, seeds=seeds)

@@ -1,0 +1,43 @@
+"""Cross-validation splits in nnU-Net's format: a list of {"train": [...], "val": [...]}."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kitsseg.atomic import write_json
+from kitsseg.errors import KitssegError
+
+NUM_FOLDS = 5
+SPLIT_SEED = 12345
+
+
+def make_splits(case_ids: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
+    """Seeded shuffled k-fold over the sorted ids; every case is validated exactly once."""
+    ids = sorted(case_ids)
+    if len(ids) < num_folds:
+        raise KitssegError(f"{len(ids)} cases are too few for {num_folds}-fold cross-validation")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = np.array_split(order, num_folds)
+    return [{"train": sorted(ids[i] for i in order if i not in set(fold)),
+             "val": sorted(ids[i] for i in fold)} for fold in folds]
+
+
+def load_or_create_splits(path: Path, case_ids: Sequence[str]) -> list[dict]:
+    """Read splits_final.json, or write it once; warn (never rewrite) when the cases changed."""
+    if path.exists():
+        try:
+            splits = json.loads(path.read_text())
+            listed = {c for fold in splits for c in fold["val"]}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise KitssegError(f"{path}: invalid splits ({exc})") from None
+        if listed != set(case_ids):
+            warnings.warn(f"{path}: splits list {len(listed)} cases but the dataset has {len(case_ids)}; "
+                          "keeping the file (delete it to make new splits)")
+        return splits
+    splits = make_splits(case_ids)
+    write_json(splits, path)
+    return splits

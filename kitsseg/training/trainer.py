@@ -1,0 +1,291 @@
+"""kits_train: one stage, one fold. A TrainConfig, builders, and a short fit loop.
+
+Output: ROOT/results/NAME/STAGE/fold_K/{checkpoint_latest.pt, checkpoint_best.pt,
+checkpoint_final.pt, training_log.csv, progress.png, train_config.json, validation_summary.json}.
+Checkpoints are written atomically at the end of every epoch; `resume=True` restores the
+model, optimizer, epoch, random state and log, and seeds each epoch from (seed, epoch), so a
+resumed single-process run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kitsseg.atomic import atomic_path, write_json
+from kitsseg.checkpoint import load_checkpoint, save_checkpoint
+from kitsseg.errors import KitssegError
+from kitsseg.network.vbnet import VBNet
+from kitsseg.paths import DatasetPaths
+from kitsseg.planning import Plans, StagePlan, load_plans
+from kitsseg.training.data import make_batches
+from kitsseg.training.distributed import Distributed
+from kitsseg.training.loss import SegmentationLoss
+from kitsseg.training.sampling import CropSampler, load_stage_volumes
+from kitsseg.training.splits import load_or_create_splits
+from kitsseg.training.validation import validate_stage
+from kitsseg.visualization import plot_progress
+
+EMA_WEIGHT = 0.9
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run takes from the command line."""
+
+    stage: str
+    fold: str
+    epochs: int = 100
+    iters_per_epoch: int = 250
+    val_iters: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    loss: str = "gdice"
+    device: str = "auto"
+    num_workers: int = 2
+    seed: int = 0
+    augment_strength: float = 1.0
+    lesion_fraction: float = 0.33
+    outside_fraction: float = 0.0
+    grad_clip: float = 12.0
+    time_budget_min: float = 0.0  # > 0: stop (and schedule the learning rate) by wall clock
+
+
+def poly_lr(base_lr: float, progress: float, exponent: float = 0.9) -> float:
+    """Polynomial decay from `base_lr` at progress 0 to 0 at progress 1."""
+    return base_lr * (1.0 - min(max(progress, 0.0), 1.0)) ** exponent
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KitssegError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def fold_cases(splits: list[dict], fold: str, case_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(train, val) ids; fold 'all' trains on every case and validates on them too."""
+    if fold == "all":
+        return sorted(case_ids), sorted(case_ids)
+    k = int(fold)
+    if not 0 <= k < len(splits):
+        raise KitssegError(f"fold {fold} does not exist (splits_final.json has {len(splits)} folds)")
+    return splits[k]["train"], splits[k]["val"]
+
+
+def build_network(stage: StagePlan, device: torch.device) -> nn.Module:
+    network = VBNet(stage.network).to(device)
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last_3d)
+    return network
+
+
+def build_optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def output_dir(paths: DatasetPaths, stage: str, fold: str) -> Path:
+    return paths.results / stage / f"fold_{fold}"
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] % 2**31)
+
+
+def _dice_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(C-1, 3) true positives, false positives, false negatives per foreground class."""
+    predicted = logits.argmax(1)
+    counts = []
+    for c in range(1, num_classes):
+        p, g = predicted == c, labels == c
+        counts.append([(p & g).sum().item(), (p & ~g).sum().item(), (~p & g).sum().item()])
+    return np.array(counts, dtype=np.float64)
+
+
+def _dice(counts: np.ndarray) -> np.ndarray:
+    tp, fp, fn = counts.T
+    return np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+
+
+def _to_tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.as_tensor(batch["data"], dtype=torch.float32).to(device, non_blocking=True)
+    labels = torch.as_tensor(batch["seg"][:, 0].astype(np.int64)).to(device, non_blocking=True)
+    if device.type == "cuda":
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    return image, labels
+
+
+class Trainer:
+    """Holds the run's state; `fit()` is the loop."""
+
+    def __init__(self, paths: DatasetPaths, config: TrainConfig, resume: bool = False, quiet: bool = False):
+        self.config, self.quiet = config, quiet
+        self.dist = Distributed.from_environment(config.device)
+        self.device = self.dist.device if self.dist.enabled else resolve_device(config.device)
+        self.plans: Plans = load_plans(paths.plans)
+        self.stage: StagePlan = self.plans.stage(config.stage)
+        self.out = output_dir(paths, config.stage, config.fold)
+        self.out.mkdir(parents=True, exist_ok=True)
+        info_ids = sorted(p.stem for p in paths.stage_dir(config.stage).glob("*.json"))
+        splits = load_or_create_splits(paths.splits, info_ids)
+        train_ids, val_ids = fold_cases(splits, config.fold, info_ids)
+        stage_dir = paths.stage_dir(config.stage)
+        self.train_volumes = load_stage_volumes(stage_dir, train_ids, config.seed)
+        self.val_volumes = load_stage_volumes(stage_dir, val_ids, config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
+        self.network = self.dist.wrap(build_network(self.stage, self.device))
+        self.optimizer = build_optimizer(self.network, config)
+        self.loss = SegmentationLoss(config.loss)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.sampler = CropSampler(centred_on_mask=not self.stage.merges_foreground,
+                                   lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction)
+        self.epoch, self.log, self.ema, self.best = 0, [], None, None
+        self.seconds_before = 0.0  # training time of earlier sessions (time budget)
+        if resume:
+            self._restore(self.out / "checkpoint_latest.pt")
+        if self.dist.is_main:
+            write_json(asdict(config), self.out / "train_config.json")
+
+    # ---- state ------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.network.module if hasattr(self.network, "module") else self.network
+
+    def _state(self) -> dict:
+        return {"state_dict": self.model.state_dict(), "plans": self.plans.to_dict(), "stage": self.stage.name,
+                "fold": self.config.fold, "epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log,
+                "ema": self.ema, "best": self.best, "train_config": asdict(self.config),
+                "seconds": self.seconds_before + self._elapsed()}
+
+    def _restore(self, path: Path) -> None:
+        if not path.exists():
+            raise KitssegError(f"{path}: nothing to continue from")
+        state = load_checkpoint(path, self.device)
+        if state["stage"] != self.stage.name:
+            raise KitssegError(f"{path}: checkpoint is for stage {state['stage']}, not {self.stage.name}")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.log, self.ema, self.best = state["epoch"], state["log"], state["ema"], state["best"]
+        self.seconds_before = float(state.get("seconds", 0.0))
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    # ---- schedule ---------------------------------------------------------------------------
+    def _progress(self, iteration: int) -> float:
+        cfg = self.config
+        by_steps = (self.epoch + iteration / cfg.iters_per_epoch) / cfg.epochs
+        if cfg.time_budget_min > 0:
+            return (self.seconds_before + self._elapsed()) / (60 * cfg.time_budget_min)
+        return by_steps
+
+    def _done(self) -> bool:
+        if self.config.time_budget_min > 0:
+            return self._progress(0) >= 1.0
+        return self.epoch >= self.config.epochs
+
+    # ---- loop -------------------------------------------------------------------------------
+    def _train_epoch(self) -> float:
+        cfg = self.config
+        torch.manual_seed(_epoch_seed(cfg.seed, self.dist.rank, self.epoch))
+        batches = make_batches(self.train_volumes, self.sampler, self.stage.patch_size, self.stage.batch_size,
+                               self.stage.merges_foreground, seed=_epoch_seed(cfg.seed, self.dist.rank, self.epoch),
+                               augment_strength=cfg.augment_strength, num_workers=cfg.num_workers)
+        self.network.train()
+        losses = []
+        bar = tqdm(range(cfg.iters_per_epoch), desc=f"{self.stage.name} fold {cfg.fold} epoch {self.epoch}",
+                   disable=self.quiet or not self.dist.is_main, leave=False)
+        for iteration in bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = poly_lr(cfg.lr, self._progress(iteration))
+            image, labels = _to_tensors(next(batches), self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                loss = self.loss(self.network(image), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if hasattr(batches, "_finish"):
+            batches._finish()
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def _validate_epoch(self) -> tuple[float, np.ndarray]:
+        cfg = self.config
+        batches = make_batches(self.val_volumes, self.sampler, self.stage.patch_size, self.stage.batch_size,
+                               self.stage.merges_foreground, seed=cfg.seed + 7919, augment_strength=0.0,
+                               num_workers=0)
+        self.network.eval()
+        losses, counts = [], np.zeros((self.stage.num_classes - 1, 3))
+        for _ in range(cfg.val_iters):
+            image, labels = _to_tensors(next(batches), self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits = self.network(image)
+            losses.append(self.loss(logits, labels).item())
+            counts += _dice_counts(logits, labels, self.stage.num_classes)
+        return float(np.mean(losses)) if losses else float("nan"), _dice(counts)
+
+    def _end_epoch(self, train_loss: float, val_loss: float, dice: np.ndarray, seconds: float) -> None:
+        row = {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss}
+        row.update({f"val_dice_{n}": float(d) for n, d in zip(self.stage.class_names[1:], dice)})
+        row.update({"lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds})
+        self.log.append(row)
+        mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
+        self.ema = mean_dice if self.ema is None else EMA_WEIGHT * self.ema + (1 - EMA_WEIGHT) * mean_dice
+        self.epoch += 1
+        if not self.dist.is_main:
+            return
+        improved = self.best is None or self.ema > self.best
+        if improved:
+            self.best = self.ema
+        state = self._state()
+        save_checkpoint(state, self.out / "checkpoint_latest.pt")
+        if improved:
+            save_checkpoint(state, self.out / "checkpoint_best.pt")
+        self._write_log()
+
+    def _write_log(self) -> None:
+        with atomic_path(self.out / "training_log.csv") as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.log[0]))
+                writer.writeheader()
+                writer.writerows(self.log)
+        plot_progress(self.log, self.out / "progress.png")
+
+    def fit(self) -> Path:
+        """Train until the epochs (or the time budget) are spent; return the output folder."""
+        self.started = time.perf_counter()
+        while not self._done():
+            start = time.perf_counter()
+            train_loss = self._train_epoch()
+            val_loss, dice = self._validate_epoch()
+            self._end_epoch(train_loss, val_loss, dice, time.perf_counter() - start)
+            if not self.quiet and self.dist.is_main:
+                row = self.log[-1]
+                tqdm.write(f"epoch {row['epoch']}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                           f"dice {np.round(dice, 3).tolist()}  {row['seconds']:.0f} s")
+        if self.dist.is_main:
+            save_checkpoint(self._state(), self.out / "checkpoint_final.pt")
+            summary = validate_stage(self.model, self.stage, self.val_volumes, self.device, quiet=self.quiet)
+            write_json(summary, self.out / "validation_summary.json")
+        self.dist.close()
+        return self.out
+
+
+def train(paths: DatasetPaths, config: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
+    return Trainer(paths, config, resume, quiet).fit()

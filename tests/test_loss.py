@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from kitsseg.training.loss import SegmentationLoss, generalized_dice, one_hot
+
+
+def test_generalized_dice_by_hand():
+    # 2 classes, 4 voxels; foreground probabilities p and truth g
+    p1 = torch.tensor([0.9, 0.6, 0.2, 0.0])
+    g1 = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    probabilities = torch.stack([1 - p1, p1])[None, :, :, None, None]  # (1, 2, 4, 1, 1)
+    target = torch.stack([1 - g1, g1])[None, :, :, None, None]
+    # 2 * (0.9 + 0.6) / ((0.81 + 0.36 + 0.04) + 2) = 3.0 / 3.21
+    assert generalized_dice(probabilities, target).item() == pytest.approx(3.0 / 3.21, rel=1e-4)
+
+
+def test_mean_over_foreground_classes_by_hand():
+    labels = torch.tensor([[0, 1, 2, 2]])[..., None, None]
+    perfect = one_hot(labels, 3)
+    wrong_tumour = perfect.clone()
+    wrong_tumour[:, 2, 3] = 0.0
+    wrong_tumour[:, 0, 3] = 1.0
+    # kidney 1.0, tumour 2*1 / (1 + 2) = 2/3 -> mean 5/6
+    assert generalized_dice(wrong_tumour, perfect).item() == pytest.approx(5 / 6, rel=1e-4)
+
+
+def test_loss_is_zero_for_a_perfect_prediction():
+    labels = torch.randint(0, 3, (2, 8, 8, 8))
+    logits = one_hot(labels, 3) * 100.0  # softmax is one-hot to float precision
+    assert SegmentationLoss("gdice")(logits, labels).item() == pytest.approx(0.0, abs=1e-5)
+    assert SegmentationLoss("gdice_ce")(logits, labels).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_loss_is_high_for_a_wrong_prediction():
+    labels = torch.ones(1, 4, 4, 4, dtype=torch.long)
+    logits = one_hot(torch.zeros_like(labels), 2) * 100.0
+    assert SegmentationLoss()(logits, labels).item() == pytest.approx(1.0, abs=1e-4)

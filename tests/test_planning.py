@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from kitsseg.errors import KitssegError
+from kitsseg.fingerprint import Fingerprint
+from kitsseg.planning import (COARSE, DEFAULT_PRESET, FINE, NetworkConfig, Plans, batch_size_for_budget,
+                              estimate_activation_bytes, load_plans, load_preset, plan_experiment)
+
+LABELS = {"background": 0, "kidney": 1, "tumor": 2}
+
+
+def fingerprint(shape=(80, 512, 512), spacing=(3.0, 0.8, 0.8), kidney=(110.0, 80.0, 75.0)):
+    return Fingerprint(cases={}, median_spacing_mm=spacing, median_shape=shape,
+                       foreground_intensity={"mean": 120.0, "std": 40.0, "min": -50.0, "max": 300.0,
+                                             "percentile_00_5": 10.0, "percentile_99_5": 250.0},
+                       kidney_size_mm={"median": list(kidney), "percentile_95": [140.0, 95.0, 95.0]},
+                       label_values=(0, 1, 2))
+
+
+def test_paper_plans():
+    plans = plan_experiment(fingerprint(), "KiTS19", LABELS, load_preset(DEFAULT_PRESET))
+    coarse, fine = plans.stage(COARSE), plans.stage(FINE)
+    assert coarse.spacing_mm == (6.0, 6.0, 6.0) and fine.spacing_mm == (1.0, 1.0, 1.0)
+    # 80 slices x 3 mm = 240 mm -> 40 voxels -> 48 (multiple of 16); 512 x 0.8 = 409.6 mm -> 69 -> 80
+    assert coarse.patch_size == (48, 80, 80)
+    assert fine.patch_size == (96, 96, 96)  # kidney + margins is larger than 96 mm
+    assert coarse.class_names == ("background", "kidney_region") and coarse.num_classes == 2
+    assert fine.class_names == ("background", "kidney", "tumor")
+    assert fine.voi_margin_mm == (12.0, 12.0, 12.0)  # two 6 mm coarse voxels > 10% of the kidney
+    assert plans.intensity.scheme == "window" and plans.intensity.window_hu == (-200, 500)
+    assert 2 <= fine.batch_size <= 32
+
+
+def test_cyst_class_when_the_dataset_has_it():
+    plans = plan_experiment(fingerprint(), "KiTS23", {**LABELS, "cyst": 3}, load_preset(DEFAULT_PRESET))
+    assert plans.stage(FINE).class_names == ("background", "kidney", "tumor", "cyst")
+    assert plans.stage(FINE).network.num_classes == 4
+
+
+def test_percentile_normalization_from_fingerprint():
+    plans = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET), normalization="percentile")
+    assert plans.intensity.scheme == "percentile"
+    assert plans.intensity.window_hu == (10.0, 250.0)
+    assert (plans.intensity.mean, plans.intensity.std) == (120.0, 40.0)
+
+
+def test_json_round_trip(tmp_path):
+    plans = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET))
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(plans.to_dict()))
+    assert load_plans(path) == plans
+    assert json.loads(path.read_text())["stages"][FINE]["num_classes"] == 3
+
+
+def test_hand_edited_plans_change_the_stage_hash(tmp_path):
+    plans = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET))
+    data = plans.to_dict()
+    data["stages"][FINE]["spacing_mm"] = [1.5, 1.5, 1.5]
+    edited = Plans.from_dict(data)
+    assert edited.stage(FINE).spacing_mm == (1.5, 1.5, 1.5)
+    assert edited.stage_hash(FINE) != plans.stage_hash(FINE)
+    assert edited.stage_hash(COARSE) == plans.stage_hash(COARSE)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["stages"][FINE].update(batch_size="two"), "batch_size must be a int"),
+    (lambda d: d["stages"][FINE].update(colour=1), "unknown StagePlan key"),
+    (lambda d: d.update(version=99), "version"),
+    (lambda d: d.pop("intensity"), "intensity"),
+])
+def test_invalid_plans_give_one_clear_line(tmp_path, edit, message):
+    data = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET)).to_dict()
+    edit(data)
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KitssegError, match=message) as info:
+        load_plans(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_activation_estimate_scales_with_volume_and_sets_batch():
+    net = NetworkConfig(num_classes=3)
+    small, large = estimate_activation_bytes(net, (48, 48, 48)), estimate_activation_bytes(net, (96, 96, 96))
+    assert large == pytest.approx(8 * small, rel=0.01)
+    assert batch_size_for_budget(net, (96, 96, 96), 80) > batch_size_for_budget(net, (96, 96, 96), 8)
+    assert batch_size_for_budget(net, (96, 96, 96), 1) == 2  # never below 2

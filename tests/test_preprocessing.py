@@ -1,0 +1,146 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kitsseg.errors import KitssegError
+from kitsseg.io import load_volume
+from kitsseg.paths import DatasetPaths
+from kitsseg.plan_and_preprocess import plan_and_preprocess
+from kitsseg.planning import COARSE, FINE, load_plans
+from kitsseg.preprocessing import load_npz, read_sidecar
+
+
+@pytest.fixture
+def dataset(phantom_raw, tmp_path):
+    paths = DatasetPaths(tmp_path, "Phantom")
+    shutil.copytree(phantom_raw, paths.raw)
+    return paths
+
+
+def run(paths, **kwargs):
+    return plan_and_preprocess(paths, num_workers=1, quiet=True, **kwargs)
+
+
+def test_stages_cover_the_data(dataset):
+    assert run(dataset) == 0
+    plans = load_plans(dataset.plans)
+    for case_id in [f"case_0000{i}" for i in range(5)]:
+        labels, props = load_volume(dataset.raw / "labelsTr" / f"{case_id}.nii.gz", np.uint8)
+        # coarse: whole scan, shape within one voxel of extent / 6 mm
+        coarse = read_sidecar(dataset.stage_dir(COARSE), case_id)
+        image, label = load_npz(dataset.stage_dir(COARSE) / coarse["arrays"][0]["file"])
+        extent = np.asarray(props.shape) * np.asarray(props.spacing_mm)
+        assert np.all(np.abs(np.asarray(image.shape) - extent / 6.0) <= 1.0)
+        assert image.dtype == np.float16 and label.dtype == np.uint8 and image.shape == label.shape
+        assert -1.0 <= image.min() and image.max() <= 1.0
+        # fine: the boxes cover every kidney voxel, and the arrays are at ~1 mm
+        covered = np.zeros(labels.shape, bool)
+        fine = read_sidecar(dataset.stage_dir(FINE), case_id)
+        for entry in fine["arrays"]:
+            covered[entry["box"]] = True
+            image, label = load_npz(dataset.stage_dir(FINE) / entry["file"])
+            assert np.allclose(entry["spacing_mm"], 1.0, atol=0.05)
+            assert label.shape == tuple(entry["shape"])
+        assert covered[labels > 0].all()
+        # no label lost at any stage
+        for value in np.unique(labels)[1:]:
+            assert coarse["arrays"][0]["voxels_per_label"][str(value)] > 0
+            assert sum(e["voxels_per_label"][str(value)] for e in fine["arrays"]) > 0
+    splits = json.loads(dataset.splits.read_text())
+    assert len(splits) == 5 and sorted(c for f in splits for c in f["val"]) == [f"case_0000{i}" for i in range(5)]
+
+
+def test_fine_label_volume_is_preserved(dataset):
+    run(dataset)
+    labels, props = load_volume(dataset.raw / "labelsTr" / "case_00001.nii.gz", np.uint8)
+    voxel_ml = np.prod(props.spacing_mm) / 1000
+    fine = read_sidecar(dataset.stage_dir(FINE), "case_00001")
+    for value in (1, 2):
+        original_ml = (labels == value).sum() * voxel_ml
+        fine_ml = sum(e["voxels_per_label"][str(value)] * np.prod(e["spacing_mm"]) / 1000 for e in fine["arrays"])
+        assert fine_ml == pytest.approx(original_ml, rel=0.1)
+
+
+def test_rerun_is_a_no_op_and_overwrite_redoes(dataset):
+    run(dataset)
+    files = sorted(dataset.preprocessed.rglob("*.npz"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    run(dataset)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    run(dataset, overwrite=True)
+    assert [f.stat().st_mtime_ns for f in files] != stamps
+
+
+def test_hand_edited_plans_redo_only_that_stage(dataset):
+    run(dataset)
+    coarse_stamp = (dataset.stage_dir(COARSE) / "case_00000.npz").stat().st_mtime_ns
+    data = json.loads(dataset.plans.read_text())
+    data["stages"][FINE]["spacing_mm"] = [2.0, 2.0, 2.0]
+    dataset.plans.write_text(json.dumps(data))
+    run(dataset, steps=["preprocess"])
+    assert (dataset.stage_dir(COARSE) / "case_00000.npz").stat().st_mtime_ns == coarse_stamp
+    entry = read_sidecar(dataset.stage_dir(FINE), "case_00000")["arrays"][0]
+    assert np.allclose(entry["spacing_mm"], 2.0, atol=0.1)
+
+
+def test_case_without_foreground_is_skipped_for_fine(dataset):
+    path = dataset.raw / "labelsTr" / "case_00002.nii.gz"
+    image = sitk.ReadImage(str(path))
+    empty = sitk.Image(image.GetSize(), image.GetPixelID())
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(path))
+    with pytest.warns(UserWarning, match="case case_00002: no foreground"):
+        assert run(dataset) == 0
+    assert read_sidecar(dataset.stage_dir(FINE), "case_00002")["arrays"] == []
+    assert (dataset.stage_dir(COARSE) / "case_00002.npz").exists()
+
+
+def test_geometry_mismatch_stops_naming_the_case(dataset):
+    path = dataset.raw / "labelsTr" / "case_00003.nii.gz"
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(KitssegError, match="case case_00003: image/label geometry mismatch"):
+        run(dataset)
+    assert not dataset.preprocessed.exists()
+
+
+def test_splits_are_five_seeded_folds(tmp_path):
+    from kitsseg.training.splits import load_or_create_splits, make_splits
+
+    ids = [f"case_{i:05d}" for i in range(12)]
+    splits = make_splits(ids)
+    assert len(splits) == 5 and splits == make_splits(list(reversed(ids)))
+    assert sorted(c for f in splits for c in f["val"]) == ids
+    for fold in splits:
+        assert set(fold["train"]) | set(fold["val"]) == set(ids) and not set(fold["train"]) & set(fold["val"])
+    path = tmp_path / "splits_final.json"
+    assert load_or_create_splits(path, ids) == splits
+    with pytest.warns(UserWarning, match="keeping the file"):
+        assert load_or_create_splits(path, ids[:10]) == splits  # never silently changed
+
+
+@pytest.mark.slow
+def test_killed_run_restarts_to_loadable_npz(dataset):
+    command = [sys.executable, "-c", "import sys; from kitsseg.cli import plan_and_preprocess_main as m; "
+               "sys.exit(m(sys.argv[1:]))", "--data-root", str(dataset.root), "-d", dataset.name,
+               "-np", "1", "--quiet"]
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 3.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    for npz in dataset.preprocessed.rglob("*.npz"):
+        image, label = load_npz(npz)
+        assert image.shape == label.shape
+    assert not list(dataset.preprocessed.rglob(".tmp-*"))  # leftovers of killed runs are removed
