@@ -186,8 +186,42 @@ def train_main(argv: list[str] | None = None) -> int:
     return _run(parser, _train, argv)
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from kitsseg.inference.predictor import Predictor
+    from kitsseg.inference.run import predict_inputs
+    from kitsseg.postprocessing import PostprocessConfig
+
+    model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
+    postprocess = PostprocessConfig(keep_largest_kidney_component=False) if args.no_postprocess else None
+    predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess)
+    failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet)
+    print(f"predictions and summary.csv in {args.output}")
+    if failed:
+        print(f"error: {failed} case(s) failed (see summary.csv)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def predict_main(argv: list[str] | None = None) -> int:
-    return _stub_main("kits_predict", "Segment CT images with the trained cascade.", argv)
+    parser = argparse.ArgumentParser(
+        prog="kits_predict", description="Segment kidneys, tumours and cysts with the trained cascade: coarse "
+        "VB-Net on the whole scan, fine VB-Net in each kidney VOI, folds ensembled. Writes <case>.nii.gz "
+        "(uint8: 0 background, 1 kidney, 2 tumour, 3 cyst; the input's exact geometry) and summary.csv.")
+    parser.add_argument("-i", "--input", required=True, metavar="IN",
+                        help="an image (.nii.gz .nii .nrrd .mha), a folder of images (a _0000 suffix is "
+                             "stripped), a DICOM series folder, or a folder of DICOM series folders")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    parser.add_argument("-m", "--model-dir", help="trained models (default: ROOT/results/NAME)")
+    _add_common(parser)
+    parser.add_argument("-f", "--folds", nargs="+", help="folds to ensemble: 0-4 and/or all "
+                        "(default: every fold trained for both stages)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto = CUDA when available (default)")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="keep every connected kidney component (default: the largest per VOI, "
+                             "or what postprocessing.json decided)")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    return _run(parser, _predict, argv)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:

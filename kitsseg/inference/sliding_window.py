@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 PAD_VALUE = -1.0
+ONE_PASS_PATCHES = 8  # CPU inference memory stays near 1-2 GB up to this many patch volumes
 
 
 def _pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -36,6 +37,11 @@ def _tile_starts(length: int, tile: int, step: int) -> list[int]:
         return [0]
     starts = list(range(0, length - tile, step))
     return starts + [length - tile]
+
+
+def tile_for(shape: Sequence[int], patch_size: Sequence[int], max_patches: int = ONE_PASS_PATCHES):
+    """None (one padded pass) for volumes up to `max_patches` patches, else the patch as tile."""
+    return None if np.prod(shape) <= max_patches * np.prod(patch_size) else tuple(patch_size)
 
 
 @torch.no_grad()

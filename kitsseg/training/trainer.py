@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from kitsseg.atomic import atomic_path, write_json
 from kitsseg.checkpoint import load_checkpoint, save_checkpoint
+from kitsseg.device import resolve_device
 from kitsseg.errors import KitssegError
 from kitsseg.network.vbnet import VBNet
 from kitsseg.paths import DatasetPaths
@@ -61,14 +62,6 @@ class TrainConfig:
 def poly_lr(base_lr: float, progress: float, exponent: float = 0.9) -> float:
     """Polynomial decay from `base_lr` at progress 0 to 0 at progress 1."""
     return base_lr * (1.0 - min(max(progress, 0.0), 1.0)) ** exponent
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KitssegError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def fold_cases(splits: list[dict], fold: str, case_ids: list[str]) -> tuple[list[str], list[str]]:

@@ -10,11 +10,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kitsseg.inference.sliding_window import predict_volume
+from kitsseg.inference.sliding_window import predict_volume, tile_for
 from kitsseg.planning import StagePlan
 from kitsseg.training.sampling import CachedVolume
-
-ONE_PASS_PATCHES = 8  # volumes up to this many patches are predicted in one pass
 
 
 def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
@@ -30,9 +28,8 @@ def validate_stage(network: nn.Module, stage: StagePlan, volumes: list[CachedVol
     rows = []
     for volume in tqdm(volumes, desc="validation", disable=quiet, leave=False):
         image = volume.image.astype(np.float32)
-        one_pass = image.size <= ONE_PASS_PATCHES * np.prod(stage.patch_size)
         probabilities = predict_volume(network, image, stage.num_classes, stage.network.stride,
-                                       None if one_pass else stage.patch_size, device)
+                                       tile_for(image.shape, stage.patch_size), device)
         predicted = probabilities.argmax(0)
         reference = (volume.label > 0).astype(np.uint8) if stage.merges_foreground else volume.label
         rows.append({"case": volume.case_id, **{f"dice_{name}": dice_score(predicted == c, reference == c)

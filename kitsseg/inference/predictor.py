@@ -1,0 +1,130 @@
+"""The coarse-to-fine cascade: whole scan at the coarse spacing -> kidney VOIs -> fine spacing per VOI.
+
+Each stage's models are plain callables from a (1, 1, z, y, x) tensor to logits, so the
+cascade can be tested with oracles; `Predictor.from_model_dir` loads trained VB-Nets.
+Probabilities return to the original grid only inside the VOIs; the output is a uint8
+label map with the input's exact geometry.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from kitsseg.checkpoint import network_from_checkpoint
+from kitsseg.errors import KitssegError
+from kitsseg.inference.sliding_window import predict_volume, tile_for
+from kitsseg.inference.voi import find_vois
+from kitsseg.io import CaseProperties, to_canonical, to_sitk
+from kitsseg.planning import COARSE, FINE, Plans, StagePlan
+from kitsseg.postprocessing import PostprocessConfig, keep_largest_component
+from kitsseg.preprocessing import normalise
+from kitsseg.resampling import resample, shape_at_spacing
+from kitsseg.device import resolve_device
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+CHECKPOINT = "checkpoint_final.pt"
+
+
+@dataclass
+class CascadeResult:
+    labels: np.ndarray  # canonical (z, y, x) uint8
+    kidneys_found: int
+
+
+class Predictor:
+    """Ensembles the folds of both stages; `predict(sitk_image) -> sitk_image`."""
+
+    def __init__(self, plans: Plans, coarse_models: Sequence[PredictFn], fine_models: Sequence[PredictFn],
+                 device: str | torch.device = "cpu", tta: bool = False,
+                 postprocess: PostprocessConfig = PostprocessConfig()):
+        if not coarse_models or not fine_models:
+            raise KitssegError("the cascade needs at least one coarse and one fine model")
+        self.plans, self.coarse_models, self.fine_models = plans, list(coarse_models), list(fine_models)
+        self.device, self.tta, self.postprocess = torch.device(device), tta, postprocess
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path | str, folds: Sequence[str] | None = None, device: str = "auto",
+                       tta: bool = False, postprocess: PostprocessConfig | None = None) -> "Predictor":
+        """Load `model_dir/{3d_coarse,3d_fine}/fold_K/checkpoint_final.pt` for the chosen folds
+        (default: every fold trained for both stages) and `model_dir/postprocessing.json`."""
+        model_dir, torch_device = Path(model_dir), resolve_device(device)
+        if folds is None:
+            found = [{p.parent.name[5:] for p in (model_dir / s).glob(f"fold_*/{CHECKPOINT}")} for s in (COARSE, FINE)]
+            folds = sorted(found[0] & found[1])
+            if not folds:
+                raise KitssegError(f"{model_dir}: no fold has a {CHECKPOINT} for both {COARSE} and {FINE}")
+        models, plans = {COARSE: [], FINE: []}, None
+        for stage in (COARSE, FINE):
+            for fold in folds:
+                network, fold_plans, _ = network_from_checkpoint(model_dir / stage / f"fold_{fold}" / CHECKPOINT,
+                                                                 torch_device)
+                if plans is not None and fold_plans.intensity != plans.intensity:
+                    raise KitssegError(f"{model_dir}: fold {fold} of {stage} was trained with other plans")
+                plans = fold_plans
+                models[stage].append(network)
+        if postprocess is None:
+            postprocess = PostprocessConfig.load(model_dir / "postprocessing.json")
+        return cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess)
+
+    # ---- stages -------------------------------------------------------------------------------
+    def _probabilities(self, models: Sequence[PredictFn], stage: StagePlan, image: np.ndarray) -> np.ndarray:
+        """Softmax averaged over folds (and mirrorings with TTA), (C, z, y, x)."""
+        flips = [()]
+        if self.tta:
+            flips = [f for n in range(4) for f in itertools.combinations((2, 3, 4), n)]
+        use_amp = self.device.type == "cuda"
+
+        def ensemble(x: torch.Tensor) -> torch.Tensor:
+            total = 0
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+                for model in models:
+                    for axes in flips:
+                        probabilities = torch.softmax(model(torch.flip(x, axes) if axes else x).float(), 1)
+                        total = total + (torch.flip(probabilities, axes) if axes else probabilities)
+            return total / (len(models) * len(flips))
+
+        tile = tile_for(image.shape, stage.patch_size)
+        return predict_volume(ensemble, image, stage.num_classes, stage.network.stride, tile, self.device)
+
+    def _resampled(self, image_hu: np.ndarray, spacing_mm, stage: StagePlan) -> np.ndarray:
+        shape = shape_at_spacing(image_hu.shape, spacing_mm, stage.spacing_mm)
+        return normalise(resample(image_hu, shape), self.plans.intensity)
+
+    def coarse_mask(self, image_hu: np.ndarray, spacing_mm) -> np.ndarray:
+        coarse = self.plans.stage(COARSE)
+        probabilities = self._probabilities(self.coarse_models, coarse, self._resampled(image_hu, spacing_mm, coarse))
+        return probabilities.argmax(0) > 0
+
+    def fine_labels(self, crop_hu: np.ndarray, spacing_mm) -> np.ndarray:
+        """Labels of one VOI on its original voxel grid."""
+        fine = self.plans.stage(FINE)
+        probabilities = self._probabilities(self.fine_models, fine, self._resampled(crop_hu, spacing_mm, fine))
+        back = np.stack([resample(p, crop_hu.shape) for p in probabilities])
+        labels = back.argmax(0).astype(np.uint8)
+        return keep_largest_component(labels) if self.postprocess.keep_largest_kidney_component else labels
+
+    # ---- cascade ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float]) -> CascadeResult:
+        """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map."""
+        mask = self.coarse_mask(image_hu, spacing_mm)
+        fine = self.plans.stage(FINE)
+        coarse_spacing = np.asarray(image_hu.shape) * np.asarray(spacing_mm) / np.asarray(mask.shape)
+        vois = find_vois(mask, coarse_spacing, image_hu.shape, spacing_mm, fine.voi_margin_mm)
+        labels = np.zeros(image_hu.shape, np.uint8)
+        for box in vois:
+            voi_labels = self.fine_labels(image_hu[box], spacing_mm)
+            labels[box] = np.where(voi_labels > 0, voi_labels, labels[box])
+        return CascadeResult(labels, len(vois))
+
+    def predict(self, image: sitk.Image) -> sitk.Image:
+        """A CT (any orientation) -> label map with exactly its geometry."""
+        props = CaseProperties.from_image(image)
+        image_hu = to_canonical(sitk.GetArrayViewFromImage(image), props)
+        return to_sitk(self.predict_array(image_hu, props.spacing_mm).labels, props)

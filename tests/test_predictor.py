@@ -1,0 +1,160 @@
+"""The cascade with oracle 'networks' (images whose intensities encode the labels), fake folds,
+untrained tiny checkpoints, and the kits_predict command."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from kitsseg.checkpoint import save_checkpoint
+from kitsseg.fingerprint import Fingerprint
+from kitsseg.inference.predictor import Predictor
+from kitsseg.network.vbnet import VBNet
+from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, load_preset, plan_experiment
+
+LEVEL_HU = 150.0  # label L is painted as L * 150 - 150 HU: inside the [-200, 500] window
+
+
+def paper_plans(cysts=True):
+    fingerprint = Fingerprint({}, (3.0, 0.8, 0.8), (100, 512, 512), {"mean": 0, "std": 1, "min": 0, "max": 1,
+                              "percentile_00_5": 0, "percentile_99_5": 1},
+                              {"median": [110.0, 80.0, 75.0], "percentile_95": [140.0, 95.0, 95.0]}, (0, 1, 2, 3))
+    labels = {"background": 0, "kidney": 1, "tumor": 2, **({"cyst": 3} if cysts else {})}
+    return plan_experiment(fingerprint, "K", labels, load_preset(DEFAULT_PRESET))
+
+
+def decode(x: torch.Tensor) -> torch.Tensor:
+    """Normalised input -> HU -> continuous label level."""
+    hu = (x + 1) / 2 * 700 - 200
+    return (hu + LEVEL_HU) / LEVEL_HU
+
+
+def coarse_oracle(x):
+    foreground = (decode(x) > 0.5).float() * 2 - 1
+    return torch.cat([-foreground, foreground], 1) * 20
+
+
+def fine_oracle(num_classes):
+    def predict(x):
+        level = decode(x).round().clamp(0, num_classes - 1).long()[:, 0]
+        return torch.nn.functional.one_hot(level, num_classes).movedim(-1, 1).float() * 20
+    return predict
+
+
+def encoded_image(seg: sitk.Image) -> sitk.Image:
+    return sitk.Cast(seg, sitk.sitkInt16) * int(LEVEL_HU) - int(LEVEL_HU)
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("relative", ["kits19/case_00002", "kits19/case_00004",
+                                      "kits23-cysts/case_00002", "kits23-cysts/case_00006"])
+def test_oracle_cascade_returns_the_ground_truth(shared_data, relative):
+    seg = sitk.ReadImage(str(shared_data / relative / "segmentation.nii.gz"))
+    plans = paper_plans()
+    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(plans.stage(FINE).num_classes)])
+    out = predictor.predict(encoded_image(seg))
+    assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
+           (seg.GetSize(), seg.GetSpacing(), seg.GetOrigin(), seg.GetDirection())
+    got, truth = sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(seg)
+    assert dice(got > 0, truth > 0) >= 0.98
+    assert dice(got == 2, truth == 2) >= 0.95
+    if (truth == 3).sum() > 1000:
+        assert dice(got == 3, truth == 3) >= 0.8
+
+
+def test_folds_are_averaged():
+    plans = paper_plans(cysts=False)
+    fold_a = lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:])  # noqa: E731  p = (0.5, 0.5)
+    fold_b = lambda x: torch.cat([torch.full_like(x, np.log(3.0)), torch.zeros_like(x)], 1)  # noqa: E731 (0.75, 0.25)
+    predictor = Predictor(plans, [fold_a, fold_b], [fine_oracle(3)])
+    probabilities = predictor._probabilities(predictor.coarse_models, plans.stage(COARSE),
+                                             np.zeros((20, 30, 30), np.float32))
+    assert probabilities.shape == (2, 20, 30, 30)
+    np.testing.assert_allclose(probabilities[:, 3, 4, 5], [0.625, 0.375], rtol=1e-5)
+
+
+def test_tta_averages_mirrorings():
+    plans = paper_plans(cysts=False)
+    ramp = lambda x: torch.cat([torch.zeros_like(x), torch.arange(x.shape[-1]).float().expand_as(x)], 1)  # noqa: E731
+    predictor = Predictor(plans, [ramp], [fine_oracle(3)], tta=True)
+    p = predictor._probabilities(predictor.coarse_models, plans.stage(COARSE), np.zeros((16, 16, 16), np.float32))
+    np.testing.assert_allclose(p[:, 0, 0, 0], p[:, 0, 0, 15], rtol=1e-5)  # symmetric after mirroring
+
+
+def test_no_kidney_gives_an_empty_map():
+    plans = paper_plans(cysts=False)
+    nothing = lambda x: torch.cat([torch.ones_like(x), -torch.ones_like(x)], 1)  # noqa: E731
+    predictor = Predictor(plans, [nothing], [fine_oracle(3)])
+    result = predictor.predict_array(np.zeros((30, 40, 40), np.int16), (2.0, 1.0, 1.0))
+    assert result.kidneys_found == 0 and not result.labels.any()
+
+
+@pytest.mark.parametrize("relative", ["real-ct/example_ct.nii.gz", "real-ct/example_ct_dicom"])
+def test_output_geometry_and_position_on_real_ct(shared_data, relative):
+    from kitsseg.io import read_image
+    image = read_image(shared_data / relative)
+    plans = paper_plans(cysts=False)
+    everything = lambda x: torch.cat([-torch.ones_like(x), torch.ones_like(x)], 1) * 20  # noqa: E731
+    bone = lambda x: torch.cat([(x <= 0.5).float(), -torch.ones_like(x), (x > 0.5).float()], 1) * 20  # noqa: E731
+    predictor = Predictor(plans, [everything], [bone])
+    out = predictor.predict(image)
+    assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
+           (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    # the 'fine network' marks normalised values > 0.5 (> 325 HU): bone, found where it is in the input
+    expected = sitk.GetArrayFromImage(image) > 325
+    got = sitk.GetArrayFromImage(out) > 0  # the largest bone component
+    assert got.sum() > 1000
+    assert expected[got].mean() >= 0.9  # marked voxels are bone in the input array, at the same place
+    assert expected[:, ::-1][got].mean() < 0.2  # which a flipped axis would not give
+
+
+def tiny_checkpoints(results, plans, folds=("0",)):
+    for stage in (COARSE, FINE):
+        for fold in folds:
+            torch.manual_seed(int(fold) if fold.isdigit() else 9)
+            network = VBNet(plans.stage(stage).network)
+            save_checkpoint({"state_dict": network.state_dict(), "plans": plans.to_dict(), "stage": stage,
+                             "epoch": 0}, results / stage / f"fold_{fold}" / "checkpoint_final.pt")
+
+
+def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_raw):
+    plans_data = paper_plans(cysts=False).to_dict()
+    for stage in plans_data["stages"].values():
+        stage["network"].update(stem_channels=4, down_channels=[8, 16, 32, 64], up_channels=[64, 32, 16, 8],
+                                bottleneck_min_channels=16)
+        stage["patch_size"] = [32, 32, 32]
+    from kitsseg.planning import Plans
+    tiny_checkpoints(tmp_path / "models", Plans.from_dict(plans_data))
+    inputs = tmp_path / "in put ü"  # spaces and non-ASCII in paths
+    inputs.mkdir()
+    for case in ("case_00000", "case_00001"):
+        (inputs / f"{case}_0000.nii.gz").write_bytes((phantom_raw / "imagesTr" / f"{case}_0000.nii.gz").read_bytes())
+    data = (phantom_raw / "imagesTr" / "case_00002_0000.nii.gz").read_bytes()
+    (inputs / "broken_0000.nii.gz").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "kitsseg.cli", "predict", "-i", str(inputs), "-o", str(out),
+               "-m", str(tmp_path / "models"), "--device", "cpu", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "broken_0000.nii.gz: truncated" in result.stderr and "Traceback" not in result.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "cyst_ml", "seconds"]
+    assert sorted(summary["case"]) == ["broken", "case_00000", "case_00001"]
+    assert summary.set_index("case").loc["broken", "status"].startswith("error:")
+    for case in ("case_00000", "case_00001"):
+        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        src = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
+        assert pred.GetSize() == src.GetSize() and pred.GetPixelID() == sitk.sitkUInt8
+    assert not (out / "broken.nii.gz").exists()
+    # a second run skips what exists
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert "skipped" in pd.read_csv(out / "summary.csv").set_index("case").loc["case_00000", "status"]
+    assert again.returncode == 1
