@@ -224,8 +224,30 @@ def predict_main(argv: list[str] | None = None) -> int:
     return _run(parser, _predict, argv)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from kitsseg.evaluation import evaluate_folders
+
+    out = Path(args.output or args.pred)
+    summary = evaluate_folders(Path(args.ref), Path(args.pred), out, args.metrics, args.quiet)
+    for name, value in summary["mean"].items():
+        print(f"{name:<22} {value:.4f}" if value is not None else f"{name:<22} n/a")
+    print(f"per_case.csv and summary.json in {out}")
+    return 0
+
+
 def evaluate_main(argv: list[str] | None = None) -> int:
-    return _stub_main("kits_evaluate", "Score predictions with the KiTS19 and KiTS21/23 metrics.", argv)
+    parser = argparse.ArgumentParser(
+        prog="kits_evaluate", description="Score label maps against references with the KiTS19 metrics "
+        "(kidney Dice on label > 0, tumour Dice on label 2, their mean) and the KiTS21/23 ones (Dice, surface "
+        "Dice, HD95, volume error for kidney {1,2,3}, masses {2,3}, tumour {2}). Cases match by id.")
+    parser.add_argument("-r", "--ref", required=True, help="folder of reference label maps")
+    parser.add_argument("-p", "--pred", required=True, help="folder of predicted label maps")
+    parser.add_argument("-o", "--output", help="where per_case.csv and summary.json go (default: PRED)")
+    parser.add_argument("--metrics", choices=["kits19", "kits23", "all"], default="all",
+                        help="kits19: kidney/tumour Dice and composite; kits23: every region and metric; "
+                             "all (default): both")
+    _add_common(parser, dataset=False)
+    return _run(parser, _evaluate, argv)
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ is kept in `CaseProperties` and restored exactly when a label map is written bac
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -267,3 +268,8 @@ def strip_image_suffix(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def case_id_of(path: Path) -> str:
+    """'case_00002_0000.nii.gz' -> 'case_00002' (channel suffix stripped); a folder keeps its name."""
+    return re.sub(r"_0000$", "", strip_image_suffix(path.name)) if path.is_file() else path.name

@@ -19,7 +19,7 @@ def run(*args, cwd=None):
 def test_help(command):
     result = run(command, "--help")
     assert result.returncode == 0
-    assert "--data-root" in result.stdout or "{kits,phantom}" in result.stdout
+    assert "--quiet" in result.stdout or "{kits,phantom}" in result.stdout
 
 
 def test_convert_phantom_then_bad_source(tmp_path):

@@ -5,7 +5,6 @@ outputs are skipped unless `overwrite`; inputs are never written.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -18,18 +17,13 @@ from tqdm import tqdm
 from kitsseg.atomic import atomic_path
 from kitsseg.errors import KitssegError
 from kitsseg.inference.predictor import Predictor
-from kitsseg.io import IMAGE_SUFFIXES, load_volume, save_label_map, strip_image_suffix
+from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, save_label_map
 
 SUMMARY_COLUMNS = ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "cyst_ml", "seconds"]
 
 
 def _is_dicom_folder(folder: Path) -> bool:
     return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
-def case_id_of(path: Path) -> str:
-    """'case_00002_0000.nii.gz' -> 'case_00002'; a DICOM folder keeps its name."""
-    return re.sub(r"_0000$", "", strip_image_suffix(path.name)) if path.is_file() else path.name
 
 
 def list_inputs(source: Path) -> list[tuple[str, Path]]:

@@ -1,0 +1,135 @@
+"""KiTS19 and KiTS21/23 metrics for label maps.
+
+Regions: kidney = labels {1, 2, 3} (KiTS19's "kidney", label > 0; KiTS23's "kidney and masses"),
+masses = {2, 3}, tumor = {2}. Metrics per region: `dice`, `sd` (surface Dice at the KiTS23
+tolerance), `hd95` (mm), `vol_err_ml` (absolute). `composite_kits19` = mean of kidney and tumour Dice.
+
+Surfaces are the mask voxels with a face-neighbour outside the mask; distances are
+Euclidean in mm between surface voxel centres. Surface Dice = share of both surfaces
+within the tolerance of the other; HD95 = the larger of the two directed 95th percentiles.
+Both masks empty: Dice 1, surface Dice 1, HD95 0. One empty: Dice 0, surface Dice 0, HD95 NaN.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from kitsseg.atomic import atomic_path, write_json
+from kitsseg.dataset import check_geometry
+from kitsseg.errors import KitssegError
+from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume
+
+REGIONS = {"kidney": (1, 2, 3), "masses": (2, 3), "tumor": (2,)}
+SURFACE_TOLERANCE_MM = {"kidney": 1.0331, "masses": 1.1329, "tumor": 1.1498}  # KiTS23
+METRIC_SETS = {"kits19": ("kidney_dice", "tumor_dice", "composite_kits19")}
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    total = int(prediction.sum()) + int(reference.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & reference).sum()) / total
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with at least one face-neighbour outside (the volume border counts as outside)."""
+    padded = np.pad(mask, 1)
+    return mask & ~ndi.binary_erosion(padded, ndi.generate_binary_structure(3, 1))[1:-1, 1:-1, 1:-1]
+
+
+def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing_mm) -> np.ndarray:
+    """Distance (mm) from each voxel of `from_surface` to the nearest voxel of `to_surface`."""
+    return ndi.distance_transform_edt(~to_surface, sampling=spacing_mm)[from_surface]
+
+
+def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to their joint bounding box plus one voxel (distances are unchanged)."""
+    union = a | b
+    lo = [int(np.nonzero(union.any(axis=tuple(j for j in range(3) if j != i)))[0][0]) for i in range(3)]
+    hi = [int(np.nonzero(union.any(axis=tuple(j for j in range(3) if j != i)))[0][-1]) + 1 for i in range(3)]
+    box = tuple(slice(max(0, l - 1), h + 1) for l, h in zip(lo, hi))
+    return a[box], b[box]
+
+
+def surface_metrics(prediction: np.ndarray, reference: np.ndarray, spacing_mm: Sequence[float],
+                    tolerance_mm: float) -> tuple[float, float]:
+    """(surface Dice at `tolerance_mm`, HD95 in mm)."""
+    if not prediction.any() and not reference.any():
+        return 1.0, 0.0
+    if not prediction.any() or not reference.any():
+        return 0.0, float("nan")
+    prediction, reference = _crop_to_union(prediction, reference)
+    surface_p, surface_r = surface_voxels(prediction), surface_voxels(reference)
+    d_pr = _directed_distances(surface_p, surface_r, spacing_mm)
+    d_rp = _directed_distances(surface_r, surface_p, spacing_mm)
+    sd = float(((d_pr <= tolerance_mm).sum() + (d_rp <= tolerance_mm).sum()) / (len(d_pr) + len(d_rp)))
+    return sd, float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+
+
+def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]:
+    """Every metric of every region for one case (canonical label maps, same grid)."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    row = {}
+    for region, labels in REGIONS.items():
+        p, r = np.isin(prediction, labels), np.isin(reference, labels)
+        sd, hd95 = surface_metrics(p, r, spacing_mm, SURFACE_TOLERANCE_MM[region])
+        row.update({f"{region}_dice": dice(p, r), f"{region}_sd": sd, f"{region}_hd95": hd95,
+                    f"{region}_vol_err_ml": abs(int(p.sum()) - int(r.sum())) * voxel_ml})
+    row["composite_kits19"] = (row["kidney_dice"] + row["tumor_dice"]) / 2
+    return row
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise KitssegError(f"{folder}: folder not found")
+    return {case_id_of(p): p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)}
+
+
+def evaluate_case(reference_path: Path, prediction_path: Path | None) -> dict[str, float]:
+    reference, ref_props = load_volume(reference_path, np.uint8)
+    if prediction_path is None:
+        prediction = np.zeros_like(reference)
+    else:
+        prediction, pred_props = load_volume(prediction_path, np.uint8)
+        try:
+            check_geometry(reference_path.name, ref_props, pred_props)
+        except KitssegError as exc:
+            raise KitssegError(f"{prediction_path}: geometry differs from the reference ({exc})") from None
+    return case_metrics(prediction, reference, ref_props.spacing_mm)
+
+
+def _finite_or_none(value) -> float | None:
+    """JSON has no NaN: a metric undefined for every case is null."""
+    return float(value) if np.isfinite(value) else None
+
+
+def evaluate_folders(reference_dir: Path, prediction_dir: Path, out_dir: Path | None = None,
+                     metrics: str = "all", quiet: bool = False) -> dict:
+    """Score every reference case; write per_case.csv and summary.json into `out_dir` (default: predictions)."""
+    references, predictions = _label_files(reference_dir), _label_files(prediction_dir)
+    if not references:
+        raise KitssegError(f"{reference_dir}: no label maps found")
+    rows = []
+    for case_id, reference_path in tqdm(references.items(), desc="evaluate", disable=quiet, unit="case"):
+        if case_id not in predictions:
+            warnings.warn(f"case {case_id}: no prediction in {prediction_dir}, counted as all background")
+        rows.append({"case": case_id, **evaluate_case(reference_path, predictions.get(case_id))})
+    table = pd.DataFrame(rows)
+    if metrics in METRIC_SETS:
+        table = table[["case", *METRIC_SETS[metrics]]]
+    elif metrics == "kits23":
+        table = table.drop(columns=["composite_kits19"])
+    out_dir = Path(out_dir or prediction_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "per_case.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    columns = [c for c in table.columns if c != "case"]
+    summary = {"mean": {c: _finite_or_none(table[c].mean()) for c in columns},
+               "median": {c: _finite_or_none(table[c].median()) for c in columns},
+               "num_cases": len(table), "metrics": metrics}
+    write_json(summary, out_dir / "summary.json")
+    return summary
