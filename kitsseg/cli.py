@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -194,7 +195,8 @@ def _predict(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
     postprocess = PostprocessConfig(keep_largest_kidney_component=False) if args.no_postprocess else None
     predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess)
-    failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet)
+    failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
+                            args.save_probabilities, args.overlays)
     print(f"predictions and summary.csv in {args.output}")
     if failed:
         print(f"error: {failed} case(s) failed (see summary.csv)", file=sys.stderr)
@@ -221,6 +223,10 @@ def predict_main(argv: list[str] | None = None) -> int:
                         help="keep every connected kidney component (default: the largest per VOI, "
                              "or what postprocessing.json decided)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>_probabilities.npz (fine-stage probabilities inside each VOI) "
+                             "for kits_ensemble")
+    parser.add_argument("--overlays", action="store_true", help="also write <case>.png with contour overlays")
     return _run(parser, _predict, argv)
 
 
@@ -250,12 +256,85 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return _run(parser, _evaluate, argv)
 
 
+def _crossval(args: argparse.Namespace) -> int:
+    from kitsseg.crossval import run_crossval
+
+    decision = run_crossval(_dataset_paths(args), args.folds, args.device, args.quiet)
+    print(json.dumps(decision, indent=2))
+    return 0
+
+
+def crossval_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kits_crossval", description="Predict each fold's validation cases with the full cascade, pool them "
+        "in ROOT/results/NAME/crossval, evaluate, and write the postprocessing decision to "
+        "ROOT/results/NAME/postprocessing.json (which kits_predict follows).")
+    _add_common(parser)
+    parser.add_argument("-f", "--folds", nargs="+", choices=["0", "1", "2", "3", "4"],
+                        help="folds to use (default: every fold with both stages trained)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return _run(parser, _crossval, argv)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from kitsseg.inference.ensemble import ensemble_folders
+    from kitsseg.postprocessing import PostprocessConfig
+
+    config = PostprocessConfig(keep_largest_kidney_component=not args.no_postprocess)
+    failed = ensemble_folders([Path(d) for d in args.input], Path(args.output), config, args.quiet)
+    print(f"ensembled label maps in {args.output}")
+    return 1 if failed else 0
+
+
+def ensemble_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kits_ensemble", description="Average the probabilities that several kits_predict "
+        "--save-probabilities runs wrote, then argmax and postprocess.")
+    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="DIR", help="prediction folders")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--no-postprocess", action="store_true", help="keep every connected kidney component")
+    _add_common(parser, dataset=False)
+    return _run(parser, _ensemble, argv)
+
+
+def _overlay(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from kitsseg.io import load_volume
+    from kitsseg.visualization import overlay_png
+
+    image, props = load_volume(args.image)
+    seg, seg_props = load_volume(args.seg, np.uint8)
+    ref = load_volume(args.ref, np.uint8)[0] if args.ref else None
+    for name, array in (("segmentation", seg), ("reference", ref)):
+        if array is not None and array.shape != image.shape:
+            raise KitssegError(f"{args.seg if name == 'segmentation' else args.ref}: {name} shape {array.shape} "
+                               f"differs from the image's {image.shape}")
+    overlay_png(image, seg, props.spacing_mm, Path(args.output), ref, title=Path(args.seg).name)
+    print(f"overlay: {args.output}")
+    return 0
+
+
+def overlay_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kits_overlay", description="Draw axial and coronal slices through each kidney with label "
+        "contours into a PNG: prediction solid (green kidney, red tumour, blue cyst), reference dashed "
+        "(yellow, magenta, cyan).")
+    parser.add_argument("-i", "--image", required=True, help="the CT")
+    parser.add_argument("-s", "--seg", required=True, help="a label map on the CT's grid")
+    parser.add_argument("-r", "--ref", help="a reference label map to compare with (optional)")
+    parser.add_argument("-o", "--output", required=True, help="PNG file to write")
+    _add_common(parser, dataset=False)
+    return _run(parser, _overlay, argv)
+
+
 def demo_main(argv: list[str] | None = None) -> int:
     return _stub_main("kits_demo", "Run the whole method end to end on phantoms.", argv)
 
 
 _COMMANDS = {"convert": convert_main, "plan_and_preprocess": plan_and_preprocess_main, "train": train_main,
-             "predict": predict_main, "evaluate": evaluate_main, "demo": demo_main}
+             "predict": predict_main, "evaluate": evaluate_main, "demo": demo_main, "crossval": crossval_main,
+             "ensemble": ensemble_main, "overlay": overlay_main}
 
 if __name__ == "__main__":  # python -m kitsseg.cli COMMAND ... (used by torchrun)
     sys.argv = [f"kits_{sys.argv[1]}", *sys.argv[2:]]

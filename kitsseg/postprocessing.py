@@ -46,3 +46,8 @@ def keep_largest_component(labels: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     return np.where(components == np.argmax(sizes), labels, 0).astype(labels.dtype)
+
+
+def postprocess(labels: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Apply the configured postprocessing to one VOI's labels."""
+    return keep_largest_component(labels) if config.keep_largest_kidney_component else labels

@@ -1,6 +1,7 @@
 """Shared fixtures: small phantoms made here, and the read-only ../shared/data when present."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,27 @@ def phantom_raw(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("phantom") / "raw" / "Phantom"
     write_phantom_dataset(raw, 5, seed=1, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
     return raw
+
+
+TINY_NETWORK = {"stem_channels": 4, "down_channels": [8, 16, 32, 64], "down_blocks": [1, 1, 1, 1],
+                "up_channels": [64, 32, 16, 8], "up_blocks": [1, 1, 1, 1], "bottleneck_min_channels": 16}
+TINY_PRESET = {"intensity": {"scheme": "window", "window_hu": [-200, 500]},
+               "stages": {"3d_coarse": {"spacing_mm": [3, 3, 3], "patch_size": [32, 32, 32], "batch_size": 2,
+                                        "network": TINY_NETWORK},
+                          "3d_fine": {"spacing_mm": [1.5, 1.5, 1.5], "patch_size": [32, 32, 32], "batch_size": 2,
+                                      "network": TINY_NETWORK}}}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
+    from kitsseg.paths import DatasetPaths
+    from kitsseg.plan_and_preprocess import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("train")
+    paths = DatasetPaths(root, "Phantom")
+    write_phantom_dataset(paths.raw, 6, seed=2, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
+    preset = root / "tiny.json"
+    preset.write_text(json.dumps(TINY_PRESET))
+    plan_and_preprocess(paths, num_workers=1, preset=preset, quiet=True)
+    return paths

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 COMMANDS = ["kits_convert", "kits_plan_and_preprocess", "kits_train", "kits_predict",
-            "kits_evaluate", "kits_demo"]
+            "kits_evaluate", "kits_demo", "kits_overlay", "kits_crossval", "kits_ensemble"]
 
 
 def run(*args, cwd=None):

@@ -14,30 +14,7 @@ import torch
 
 from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.paths import DatasetPaths
-from kitsseg.plan_and_preprocess import plan_and_preprocess
 from kitsseg.training.trainer import TrainConfig, poly_lr, train
-
-TINY_NETWORK = {"stem_channels": 4, "down_channels": [8, 16, 32, 64], "down_blocks": [1, 1, 1, 1],
-                "up_channels": [64, 32, 16, 8], "up_blocks": [1, 1, 1, 1], "bottleneck_min_channels": 16}
-TINY_PRESET = {"intensity": {"scheme": "window", "window_hu": [-200, 500]},
-               "stages": {"3d_coarse": {"spacing_mm": [3, 3, 3], "patch_size": [32, 32, 32], "batch_size": 2,
-                                        "network": TINY_NETWORK},
-                          "3d_fine": {"spacing_mm": [1.5, 1.5, 1.5], "patch_size": [32, 32, 32], "batch_size": 2,
-                                      "network": TINY_NETWORK}}}
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("train")
-    paths = DatasetPaths(root, "Phantom")
-    write_phantom_dataset(paths.raw, 6, seed=2, config=PhantomConfig(shape=(32, 64, 64)), quiet=True)
-    preset = root / "tiny.json"
-    preset.write_text(json.dumps(TINY_PRESET))
-    plan_and_preprocess(paths, num_workers=1, preset=preset, quiet=True)
-    return paths
-
 
 def fresh_copy(paths: DatasetPaths, tmp_path: Path) -> DatasetPaths:
     shutil.copytree(paths.root, tmp_path / "root")

@@ -8,7 +8,7 @@ label map with the input's exact geometry.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,7 +22,7 @@ from kitsseg.inference.sliding_window import predict_volume, tile_for
 from kitsseg.inference.voi import find_vois
 from kitsseg.io import CaseProperties, to_canonical, to_sitk
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
-from kitsseg.postprocessing import PostprocessConfig, keep_largest_component
+from kitsseg.postprocessing import PostprocessConfig, postprocess
 from kitsseg.preprocessing import normalise
 from kitsseg.resampling import resample, shape_at_spacing
 from kitsseg.device import resolve_device
@@ -33,8 +33,15 @@ CHECKPOINT = "checkpoint_final.pt"
 
 @dataclass
 class CascadeResult:
-    labels: np.ndarray  # canonical (z, y, x) uint8
+    labels: np.ndarray  # canonical (z, y, x) uint8, postprocessed
     kidneys_found: int
+    unprocessed: np.ndarray | None = None
+    probabilities: list = field(default_factory=list)  # [(box, (C, *box shape) float16), ...]
+
+
+def paste(labels: np.ndarray, box, voi_labels: np.ndarray) -> None:
+    """Write a VOI's foreground into the map (where VOIs overlap, foreground wins)."""
+    labels[box] = np.where(voi_labels > 0, voi_labels, labels[box])
 
 
 class Predictor:
@@ -101,27 +108,36 @@ class Predictor:
         probabilities = self._probabilities(self.coarse_models, coarse, self._resampled(image_hu, spacing_mm, coarse))
         return probabilities.argmax(0) > 0
 
-    def fine_labels(self, crop_hu: np.ndarray, spacing_mm) -> np.ndarray:
-        """Labels of one VOI on its original voxel grid."""
+    def fine_probabilities(self, crop_hu: np.ndarray, spacing_mm) -> np.ndarray:
+        """(C, *crop shape) class probabilities of one VOI, back on its original voxel grid."""
         fine = self.plans.stage(FINE)
         probabilities = self._probabilities(self.fine_models, fine, self._resampled(crop_hu, spacing_mm, fine))
-        back = np.stack([resample(p, crop_hu.shape) for p in probabilities])
-        labels = back.argmax(0).astype(np.uint8)
-        return keep_largest_component(labels) if self.postprocess.keep_largest_kidney_component else labels
+        return np.stack([resample(p, crop_hu.shape) for p in probabilities])
 
     # ---- cascade ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float]) -> CascadeResult:
-        """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map."""
+    def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float],
+                      keep_unprocessed: bool = False, keep_probabilities: bool = False) -> CascadeResult:
+        """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map.
+
+        `keep_unprocessed` also returns the map before postprocessing; `keep_probabilities`
+        the fine probabilities of each VOI (float16, original grid) with its box.
+        """
         mask = self.coarse_mask(image_hu, spacing_mm)
         fine = self.plans.stage(FINE)
         coarse_spacing = np.asarray(image_hu.shape) * np.asarray(spacing_mm) / np.asarray(mask.shape)
         vois = find_vois(mask, coarse_spacing, image_hu.shape, spacing_mm, fine.voi_margin_mm)
-        labels = np.zeros(image_hu.shape, np.uint8)
+        result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
+                               np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [])
         for box in vois:
-            voi_labels = self.fine_labels(image_hu[box], spacing_mm)
-            labels[box] = np.where(voi_labels > 0, voi_labels, labels[box])
-        return CascadeResult(labels, len(vois))
+            probabilities = self.fine_probabilities(image_hu[box], spacing_mm)
+            raw = probabilities.argmax(0).astype(np.uint8)
+            paste(result.labels, box, postprocess(raw, self.postprocess))
+            if keep_unprocessed:
+                paste(result.unprocessed, box, raw)
+            if keep_probabilities:
+                result.probabilities.append((box, probabilities.astype(np.float16)))
+        return result
 
     def predict(self, image: sitk.Image) -> sitk.Image:
         """A CT (any orientation) -> label map with exactly its geometry."""

@@ -16,8 +16,11 @@ from tqdm import tqdm
 
 from kitsseg.atomic import atomic_path
 from kitsseg.errors import KitssegError
+from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
 from kitsseg.inference.predictor import Predictor
 from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, save_label_map
+from kitsseg.planning import FINE
+from kitsseg.visualization import overlay_png
 
 SUMMARY_COLUMNS = ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "cyst_ml", "seconds"]
 
@@ -48,12 +51,19 @@ def _volumes_ml(labels: np.ndarray, spacing_mm) -> dict[str, float]:
             "cyst_ml": round(counts[3] * voxel_ml, 2)}
 
 
-def predict_case(predictor: Predictor, source: Path, target: Path) -> dict:
+def predict_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool = False,
+                 overlay: bool = False) -> dict:
     start = time.perf_counter()
     image_hu, props = load_volume(source)
     if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
         raise KitssegError(f"{source}: image holds NaN or infinite voxels")
-    result = predictor.predict_array(image_hu, props.spacing_mm)
+    result = predictor.predict_array(image_hu, props.spacing_mm, keep_probabilities=save_probabilities)
+    case_id = target.name[: -len(".nii.gz")]
+    if save_probabilities:
+        save_probabilities_npz(result.probabilities, props, predictor.plans.stage(FINE).class_names,
+                               target.parent, case_id)
+    if overlay:
+        overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
     save_label_map(result.labels, props, target)
     status = "ok" if result.kidneys_found else "warning: no kidney found"
     return {"status": status, "kidneys_found": result.kidneys_found,
@@ -61,7 +71,7 @@ def predict_case(predictor: Predictor, source: Path, target: Path) -> dict:
 
 
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
-                   quiet: bool = False) -> int:
+                   quiet: bool = False, save_probabilities: bool = False, overlays: bool = False) -> int:
     """Predict every input; return the number of failed cases."""
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +82,7 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
             rows.append({"case": case_id, "status": "skipped: output exists"})
             continue
         try:
-            rows.append({"case": case_id, **predict_case(predictor, path, target)})
+            rows.append({"case": case_id, **predict_case(predictor, path, target, save_probabilities, overlays)})
         except KitssegError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
