@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import SHARED, machine_description, render_cases, run_measured  # noqa: E402
+from measure import machine_description, rendered_kits_source, run_measured  # noqa: E402
 
 CASES = ["case_00002", "case_00004", "case_00151"]
 NNUNET_CASES = ["case_00002"]
@@ -194,13 +194,7 @@ def main() -> None:
         case_id, image, label, out, models = args.child
         return child(case_id, Path(image), Path(label), Path(out), Path(models))
 
-    render_dir = args.workdir / "rendered_kits19"
-    render_cases(SHARED / "data" / "kits19", render_dir, CASES)
-    source = args.workdir / "predict_source"
-    source.mkdir(parents=True, exist_ok=True)
-    for case in CASES:
-        if not (source / case).exists():
-            (source / case).symlink_to((render_dir / case).resolve())
+    render_dir, _ = rendered_kits_source(args.workdir, "predict_source", CASES)
     images = {c: render_dir / c / "imaging.nii.gz" for c in CASES}
     labels = {c: render_dir / c / "segmentation.nii.gz" for c in CASES}
     _convert_sources(args.workdir)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import SHARED, disk_bytes, machine_description, render_cases, run_measured  # noqa: E402
+from measure import disk_bytes, machine_description, rendered_kits_source, run_measured  # noqa: E402
 
 CASES = ["case_00002", "case_00003", "case_00004", "case_00006", "case_00007",
          "case_00008", "case_00009", "case_00010", "case_00011", "case_00012"]
@@ -58,13 +58,7 @@ def main() -> None:
     parser.add_argument("-np", "--workers", type=int, default=2)
     parser.add_argument("--skip-nnunet", action="store_true")
     args = parser.parse_args()
-    render_dir = args.workdir / "rendered_kits19"
-    render_cases(SHARED / "data" / "kits19", render_dir, CASES)
-    source = args.workdir / "kits_source"
-    source.mkdir(parents=True, exist_ok=True)
-    for case in CASES:
-        if not (source / case).exists():
-            (source / case).symlink_to((render_dir / case).resolve())
+    _, source = rendered_kits_source(args.workdir, "kits_source", CASES)
     subprocess.run(["kits_convert", "kits", str(source), "--data-root", str(args.workdir / "kitsseg_data"),
                     "--quiet"], check=True)
 

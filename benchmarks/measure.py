@@ -73,9 +73,18 @@ def machine_description() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores ({model or platform.processor()}), {memory_gb:.0f} GB RAM"
 
 
-def render_cases(labels_root: Path, out_root: Path, cases: list[str]) -> None:
-    """Render the cases not rendered yet with ../shared/bench/render_ct.py (KiTS folder layout)."""
-    missing = [c for c in cases if not (out_root / c / "imaging.nii.gz").exists()]
+def rendered_kits_source(workdir: Path, name: str, cases: list[str]) -> tuple[Path, Path]:
+    """Render the cases not rendered yet (workdir/rendered_kits19, shared between benchmarks) with
+    ../shared/bench/render_ct.py, and link them as a KiTS-layout folder workdir/name.
+    Returns (rendered folder, KiTS-layout folder)."""
+    rendered = workdir / "rendered_kits19"
+    missing = [c for c in cases if not (rendered / c / "imaging.nii.gz").exists()]
     if missing:
-        subprocess.run(["python", str(RENDER_SCRIPT), str(labels_root), str(out_root), "--cases", *missing],
-                       check=True)
+        subprocess.run(["python", str(RENDER_SCRIPT), str(SHARED / "data" / "kits19"), str(rendered),
+                        "--cases", *missing], check=True)
+    source = workdir / name
+    source.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        if not (source / case).exists():
+            (source / case).symlink_to((rendered / case).resolve())
+    return rendered, source

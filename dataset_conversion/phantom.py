@@ -91,7 +91,7 @@ def generate_case(rng: np.random.Generator, config: PhantomConfig = PhantomConfi
     if rng.random() < config.tumor_probability:
         for _ in range(rng.integers(1, 3)):
             center, rotation = kidneys[rng.integers(2)]
-            radius = rng.uniform(0.15, 0.6) * kidney_semi[1:].mean() * 2
+            radius = rng.uniform(0.3, 0.7) * kidney_semi[1:].mean() * 2
             t_center = _sphere_on_surface(rng, center, kidney_semi, rotation, rng.uniform(0.3, 0.9))
             r = _ellipsoid(grid, t_center, (radius,) * 3)
             tumor_hu = rng.uniform(40, 110)

@@ -44,13 +44,6 @@ def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace]
         return 130
 
 
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        print(f"{name}: not implemented yet", file=sys.stderr)
-        return 2
-    return command
-
-
 # kits_convert -----------------------------------------------------------------------------------
 
 def _convert(args: argparse.Namespace) -> int:
@@ -81,14 +74,6 @@ def convert_main(argv: list[str] | None = None) -> int:
                          help="voxels per case, (z, y, x) (default: 64 128 128)")
     _add_common(phantom)
     return _run(parser, _convert, argv)
-
-
-# commands filled in by later issues -------------------------------------------------------------
-
-def _stub_main(prog: str, description: str, argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    _add_common(parser)
-    return _run(parser, _not_implemented(prog), argv)
 
 
 def _plan_and_preprocess(args: argparse.Namespace) -> int:
@@ -328,8 +313,23 @@ def overlay_main(argv: list[str] | None = None) -> int:
     return _run(parser, _overlay, argv)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from kitsseg.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(workdir=Path(args.workdir), minutes=args.minutes, device=args.device, quiet=args.quiet))
+    return 0
+
+
 def demo_main(argv: list[str] | None = None) -> int:
-    return _stub_main("kits_demo", "Run the whole method end to end on phantoms.", argv)
+    parser = argparse.ArgumentParser(
+        prog="kits_demo", description="The whole method end to end on a laptop CPU: phantom data, planning, "
+        "preprocessing, training both VB-Nets within a time budget, cascade prediction of held-out cases, "
+        "evaluation and overlays. Writes WORKDIR/summary.json.")
+    parser.add_argument("--workdir", default="kitsseg_demo", help="where everything goes (default: ./kitsseg_demo)")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training time for both stages (default: 8)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_common(parser, dataset=False)
+    return _run(parser, _demo, argv)
 
 
 _COMMANDS = {"convert": convert_main, "plan_and_preprocess": plan_and_preprocess_main, "train": train_main,

@@ -36,3 +36,14 @@ def test_convert_phantom_then_bad_source(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "imaging.nii.gz" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    from kitsseg.demo import DemoConfig, run_demo
+
+    summary = run_demo(DemoConfig(workdir=tmp_path / "demo", minutes=0.4, num_train=5, num_test=2, device="cpu",
+                                  quiet=True))
+    written = (tmp_path / "demo" / "summary.json").read_text()
+    assert '"kidney_dice"' in written and summary["num_cases"] == 2
+    assert len(list((tmp_path / "demo" / "predictions").glob("*.png"))) == 2

@@ -1,6 +1,5 @@
 import doctest
 import gzip
-import shutil
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The cascade with oracle 'networks' (images whose intensities encode the labels), fake folds,
 untrained tiny checkpoints, and the kits_predict command."""
-import json
 import subprocess
 import sys
 

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from kitsseg.errors import KitssegError
 from kitsseg.io import load_volume
 from kitsseg.paths import DatasetPaths
 from kitsseg.plan_and_preprocess import plan_and_preprocess
-from kitsseg.planning import COARSE, FINE, load_plans
+from kitsseg.planning import COARSE, FINE
 from kitsseg.preprocessing import load_npz, read_sidecar
 
 
@@ -31,7 +30,6 @@ def run(paths, **kwargs):
 
 def test_stages_cover_the_data(dataset):
     assert run(dataset) == 0
-    plans = load_plans(dataset.plans)
     for case_id in [f"case_0000{i}" for i in range(5)]:
         labels, props = load_volume(dataset.raw / "labelsTr" / f"{case_id}.nii.gz", np.uint8)
         # coarse: whole scan, shape within one voxel of extent / 6 mm

@@ -9,7 +9,6 @@ resumed single-process run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import csv
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
