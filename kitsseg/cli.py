@@ -39,6 +39,11 @@ def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace]
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # unwritable folder, full disk, ...: a user problem, not a bug
+        if args.debug:
+            raise
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
