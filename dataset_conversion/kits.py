@@ -7,6 +7,7 @@ Files are copied byte for byte, so geometry and voxel values stay exactly the so
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -32,37 +33,46 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def convert_kits(src: Path, raw_dir: Path, quiet: bool = False) -> list[str]:
-    """Convert a KiTS folder into `raw_dir`; return the converted case ids.
+def _convert_case(folder: Path, raw_dir: Path) -> set[int]:
+    """Check and copy one case; return its label values."""
+    case_id = check_case_id(folder.name)
+    image, label = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+    if not label.exists():
+        raise KitssegError(f"{label}: segmentation missing for case {case_id}")
+    check_geometry(case_id, read_properties(image), read_properties(label))
+    labels, _ = load_volume(label, np.int32)
+    found = set(np.unique(labels).tolist())
+    if not found <= {0, 1, 2, 3}:
+        raise KitssegError(f"{label}: unexpected label values {sorted(found - {0, 1, 2, 3})}")
+    _copy(image, raw_dir / "imagesTr" / f"{case_id}_0000.nii.gz")
+    _copy(label, raw_dir / "labelsTr" / f"{case_id}.nii.gz")
+    return found
 
-    A case without `imaging.nii.gz` is skipped with a warning; an unreadable case
-    or a geometry mismatch raises naming the case.
+
+def convert_kits(src: Path, raw_dir: Path, quiet: bool = False) -> tuple[list[str], list[str]]:
+    """Convert a KiTS folder into `raw_dir`; return (converted case ids, failed case folders).
+
+    A case without `imaging.nii.gz` is skipped with a warning; a bad case (unreadable,
+    truncated, geometry mismatch, unknown labels) is reported on stderr and the others go on.
     """
     src = Path(src)
     label_values: set[int] = set()
-    converted = []
+    converted, failed = [], []
     for folder in tqdm(_case_folders(src), desc="convert", disable=quiet):
-        case_id = check_case_id(folder.name)
-        image, label = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
-        if not image.exists():
+        if not (folder / "imaging.nii.gz").exists():
             warnings.warn(f"{folder}: no imaging.nii.gz, case skipped")
             continue
-        if not label.exists():
-            raise KitssegError(f"{label}: segmentation missing for case {case_id}")
-        check_geometry(case_id, read_properties(image), read_properties(label))
-        labels, _ = load_volume(label, np.int32)
-        found = set(np.unique(labels).tolist())
-        if not found <= {0, 1, 2, 3}:
-            raise KitssegError(f"{label}: unexpected label values {sorted(found - {0, 1, 2, 3})}")
-        label_values |= found
-        _copy(image, raw_dir / "imagesTr" / f"{case_id}_0000.nii.gz")
-        _copy(label, raw_dir / "labelsTr" / f"{case_id}.nii.gz")
-        converted.append(case_id)
+        try:
+            label_values |= _convert_case(folder, raw_dir)
+            converted.append(folder.name)
+        except KitssegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(folder.name)
     if not converted:
-        raise KitssegError(f"{src}: no case with imaging.nii.gz found")
+        raise KitssegError(f"{src}: no case could be converted")
     for meta in (src / "kits.json", src / "data" / "kits.json"):
         if meta.exists():
             _copy(meta, raw_dir / "kits.json")
             break
     kits_dataset_info(label_values, len(converted)).save(raw_dir / "dataset.json")
-    return converted
+    return converted, failed

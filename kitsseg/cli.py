@@ -55,7 +55,10 @@ def _convert(args: argparse.Namespace) -> int:
     paths = _dataset_paths(args)
     if args.source == "kits":
         from dataset_conversion.kits import convert_kits
-        case_ids = convert_kits(Path(args.src), paths.raw, quiet=args.quiet)
+        case_ids, failed = convert_kits(Path(args.src), paths.raw, quiet=args.quiet)
+        if failed:
+            print(f"error: {len(failed)} case(s) not converted: {', '.join(failed)}", file=sys.stderr)
+            return 1
     else:
         from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
         config = PhantomConfig(shape=tuple(args.shape))

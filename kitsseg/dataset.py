@@ -129,6 +129,8 @@ def load_case(case: RawCase, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray,
     """Read and check one case: canonical image (file dtype, a view), uint8 label, geometry."""
     check_geometry(case.case_id, read_properties(case.image), read_properties(case.label))
     image, props = load_volume(case.image)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise KitssegError(f"{case.image}: image holds NaN or infinite voxels")
     label, _ = load_volume(case.label)
     check_label_values(case, label, info)
     return image, np.ascontiguousarray(label, dtype=np.uint8), props

@@ -35,7 +35,8 @@ def test_convert_phantom_then_bad_source(tmp_path):
     result = run("kits_convert", "kits", str(tmp_path / "src"), "--data-root", str(tmp_path), "--quiet")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "imaging.nii.gz" in lines[0] and "Traceback" not in result.stderr
+    assert all(line.startswith("error: ") for line in lines) and "Traceback" not in result.stderr
+    assert "case_00000/imaging.nii.gz: not a readable gzip file" in lines[0]
 
 
 @pytest.mark.slow

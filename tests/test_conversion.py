@@ -59,8 +59,9 @@ def test_convert_kits19_and_kits23_layouts(shared_data, tmp_path):
     _fake_kits_source(shared_data, k23, tmp_path / "src23")
     (tmp_path / "src19" / "case_00999").mkdir()  # no imaging: skipped with a warning
     with pytest.warns(UserWarning, match="case_00999"):
-        ids19 = convert_kits(tmp_path / "src19", tmp_path / "raw19", quiet=True)
-    ids23 = convert_kits(tmp_path / "src23", tmp_path / "raw23", quiet=True)
+        ids19, failed19 = convert_kits(tmp_path / "src19", tmp_path / "raw19", quiet=True)
+    ids23, failed23 = convert_kits(tmp_path / "src23", tmp_path / "raw23", quiet=True)
+    assert failed19 == failed23 == []
     assert ids19 == ["case_00061", "case_00148"] and ids23 == ["case_00110"]
     labels19 = json.loads((tmp_path / "raw19" / "dataset.json").read_text())["labels"]
     labels23 = json.loads((tmp_path / "raw23" / "dataset.json").read_text())["labels"]
@@ -76,10 +77,16 @@ def test_convert_kits19_and_kits23_layouts(shared_data, tmp_path):
     assert len(list_cases(tmp_path / "raw23")[1]) == 1
 
 
-def test_convert_kits_rejects_truncated_image(shared_data, tmp_path):
-    _fake_kits_source(shared_data, [shared_data / "kits19" / "case_00061"], tmp_path / "src")
+def test_convert_kits_reports_a_truncated_image_and_goes_on(shared_data, tmp_path, capsys):
+    _fake_kits_source(shared_data, [shared_data / "kits19" / c for c in ("case_00061", "case_00148")],
+                      tmp_path / "src")
     image = tmp_path / "src" / "case_00061" / "imaging.nii.gz"
     image.write_bytes(image.read_bytes()[:2000])
-    with pytest.raises(KitssegError, match="imaging.nii.gz: truncated"):
-        convert_kits(tmp_path / "src", tmp_path / "raw", quiet=True)
-    assert not (tmp_path / "raw" / "dataset.json").exists()
+    converted, failed = convert_kits(tmp_path / "src", tmp_path / "raw", quiet=True)
+    assert converted == ["case_00148"] and failed == ["case_00061"]
+    assert "case_00061/imaging.nii.gz: truncated" in capsys.readouterr().err
+    assert not (tmp_path / "raw" / "imagesTr" / "case_00061_0000.nii.gz").exists()
+    assert json.loads((tmp_path / "raw" / "dataset.json").read_text())["numTraining"] == 1
+    (tmp_path / "src" / "case_00148" / "imaging.nii.gz").write_text("garbage")
+    with pytest.raises(KitssegError, match="no case could be converted"):
+        convert_kits(tmp_path / "src", tmp_path / "raw2", quiet=True)

@@ -1,0 +1,202 @@
+"""Bad inputs x commands: one clear 'error:' line naming the file (or a warning and a skip),
+a non-zero exit for errors, no traceback, no partial output, the other cases still processed."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from kitsseg import cli
+from kitsseg.checkpoint import save_checkpoint
+from kitsseg.network.vbnet import VBNet
+from kitsseg.planning import COARSE, FINE
+
+GOOD = "case_00000"
+
+
+def _image(array, spacing=(0.8, 0.8, 2.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return image
+
+
+def _like(reference: sitk.Image, array) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def make_bad(kind: str, good: sitk.Image, path):
+    """Write the bad image `kind` to `path`; return the label map that goes with it (or None)."""
+    array = sitk.GetArrayFromImage(good)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        sitk.WriteImage(good, str(path))
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "text":
+        path.write_text("this is not an image\n" * 100)
+    elif kind == "2d":
+        sitk.WriteImage(sitk.GetImageFromArray(array[0]), str(path))
+        return sitk.GetImageFromArray(np.zeros(array.shape[1:], np.uint8))
+    elif kind == "4d":
+        sitk.WriteImage(sitk.JoinSeries([good, good]), str(path))
+    elif kind == "nan":
+        values = array.astype(np.float32)
+        values[5, 10, 10] = np.nan
+        sitk.WriteImage(_like(good, values), str(path))
+    elif kind == "constant":
+        sitk.WriteImage(_like(good, np.full_like(array, 40)), str(path))
+    elif kind == "tiny":
+        sitk.WriteImage(_image(np.full((5, 5, 5), 40, np.int16)), str(path))
+        labels = np.zeros((5, 5, 5), np.uint8)
+        labels[2, 2, 2] = 1
+        return _image(labels)
+    elif kind == "10mm":
+        image = sitk.Image(good)
+        image.SetSpacing((good.GetSpacing()[0], good.GetSpacing()[1], 10.0))
+        sitk.WriteImage(image, str(path))
+        return "spacing"
+    return None
+
+
+KINDS = ["empty", "truncated", "text", "2d", "4d", "nan", "constant", "tiny", "10mm"]
+FAILS_TO_READ = {"empty", "truncated", "text", "2d", "4d"}
+
+
+def check_output(code, captured, name):
+    assert "Traceback" not in captured.err
+    if code != 0:
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert errors and any(name in line for line in errors), captured.err
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, phantom_raw):
+    """Untrained tiny checkpoints of both stages (fold 0)."""
+    from tests.conftest import TINY_PRESET
+    from kitsseg.fingerprint import Fingerprint
+    from kitsseg.planning import plan_experiment
+
+    fingerprint = Fingerprint({}, (2.0, 0.8, 0.8), (32, 64, 64), {k: 0.0 for k in ("mean", "std", "min", "max",
+                              "percentile_00_5", "percentile_99_5")}, {"median": [40.0, 25.0, 20.0],
+                              "percentile_95": [45.0, 30.0, 25.0]}, (0, 1, 2))
+    plans = plan_experiment(fingerprint, "P", {"background": 0, "kidney": 1, "tumor": 2}, TINY_PRESET)
+    root = tmp_path_factory.mktemp("models")
+    for stage in (COARSE, FINE):
+        torch.manual_seed(0)
+        save_checkpoint({"state_dict": VBNet(plans.stage(stage).network).state_dict(), "plans": plans.to_dict(),
+                         "stage": stage, "epoch": 0}, root / stage / "fold_0" / "checkpoint_final.pt")
+    return root
+
+
+def _good(phantom_raw):
+    return sitk.ReadImage(str(phantom_raw / "imagesTr" / f"{GOOD}_0000.nii.gz"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict(kind, tmp_path, phantom_raw, models, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(phantom_raw / "imagesTr" / f"{GOOD}_0000.nii.gz", inputs)
+    make_bad(kind, _good(phantom_raw), inputs / "bad_0000.nii.gz")
+    code = cli.predict_main(["-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(models), "--device", "cpu",
+                             "--quiet"])
+    check_output(code, capsys.readouterr(), "bad_0000.nii.gz")
+    assert (tmp_path / "out" / f"{GOOD}.nii.gz").exists()  # the good case went on
+    assert (code == 1) == (kind in FAILS_TO_READ | {"nan"})
+    assert (tmp_path / "out" / "bad.nii.gz").exists() == (code == 0)
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plan_and_preprocess(kind, tmp_path, phantom_raw, capsys):
+    raw = tmp_path / "raw" / "P"
+    shutil.copytree(phantom_raw, raw)
+    labels = make_bad(kind, _good(phantom_raw), raw / "imagesTr" / "case_00001_0000.nii.gz")
+    if labels == "spacing":
+        label = sitk.ReadImage(str(raw / "labelsTr" / "case_00001.nii.gz"))
+        label.SetSpacing((label.GetSpacing()[0], label.GetSpacing()[1], 10.0))
+        sitk.WriteImage(label, str(raw / "labelsTr" / "case_00001.nii.gz"))
+    elif labels is not None:
+        sitk.WriteImage(labels, str(raw / "labelsTr" / "case_00001.nii.gz"))
+    code = cli.plan_and_preprocess_main(["--data-root", str(tmp_path), "-d", "P", "-np", "1", "--quiet"])
+    check_output(code, capsys.readouterr(), "case_00001")
+    assert (code != 0) == (kind in FAILS_TO_READ | {"nan"})
+    assert not list((tmp_path / "preprocessed").rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_evaluate(kind, tmp_path, phantom_raw, capsys):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    shutil.copytree(phantom_raw / "labelsTr", ref)
+    pred.mkdir()
+    shutil.copy(ref / f"{GOOD}.nii.gz", pred)
+    make_bad(kind, sitk.ReadImage(str(ref / "case_00001.nii.gz")), pred / "case_00001.nii.gz")
+    code = cli.evaluate_main(["-r", str(ref), "-p", str(pred), "--quiet"])
+    check_output(code, capsys.readouterr(), "case_00001.nii.gz")
+    assert code != 0  # unreadable, or a grid other than the reference's, or non-integer labels: all errors
+    assert not (pred / "per_case.csv").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_convert(kind, tmp_path, phantom_raw, capsys):
+    src = tmp_path / "src"
+    for case in (GOOD, "case_00001"):
+        (src / case).mkdir(parents=True)
+        shutil.copy(phantom_raw / "imagesTr" / f"{case}_0000.nii.gz", src / case / "imaging.nii.gz")
+        shutil.copy(phantom_raw / "labelsTr" / f"{case}.nii.gz", src / case / "segmentation.nii.gz")
+    labels = make_bad(kind, _good(phantom_raw), src / "case_00001" / "imaging.nii.gz")
+    if labels not in (None, "spacing"):
+        sitk.WriteImage(labels, str(src / "case_00001" / "segmentation.nii.gz"))
+    code = cli.convert_main(["kits", str(src), "--data-root", str(tmp_path), "--quiet"])
+    check_output(code, capsys.readouterr(), "case_00001")
+    assert (tmp_path / "raw" / "KiTS19" / "imagesTr" / f"{GOOD}_0000.nii.gz").exists()
+    assert (code != 0) == (kind in FAILS_TO_READ or kind == "10mm")  # 10 mm: image/label geometry differ
+
+
+def test_unsafe_case_id_is_refused(tmp_path, phantom_raw, capsys):
+    src = tmp_path / "src" / "case_..00001"
+    src.mkdir(parents=True)
+    shutil.copy(phantom_raw / "imagesTr" / f"{GOOD}_0000.nii.gz", src / "imaging.nii.gz")
+    shutil.copy(phantom_raw / "labelsTr" / f"{GOOD}.nii.gz", src / "segmentation.nii.gz")
+    assert cli.convert_main(["kits", str(tmp_path / "src"), "--data-root", str(tmp_path), "--quiet"]) == 1
+    assert "case_..00001" in capsys.readouterr().err
+
+
+def test_read_only_output_folder(tmp_path, phantom_raw, models, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        code = cli.predict_main(["-i", str(phantom_raw / "imagesTr" / f"{GOOD}_0000.nii.gz"), "-o", str(out),
+                                 "-m", str(models), "--device", "cpu", "--quiet"])
+    finally:
+        out.chmod(0o700)
+    err = capsys.readouterr().err
+    if code == 0:  # root ignores permissions: nothing to check there
+        pytest.skip("running as root: the folder is writable anyway")
+    assert "Traceback" not in err and str(out) in err
+
+
+def test_dataset_json_missing_key_and_plans_with_a_wrong_type(tmp_path, phantom_raw, capsys):
+    raw = tmp_path / "raw" / "P"
+    shutil.copytree(phantom_raw, raw)
+    data = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({k: v for k, v in data.items() if k != "file_ending"}))
+    assert cli.plan_and_preprocess_main(["--data-root", str(tmp_path), "-d", "P", "--quiet"]) == 1
+    assert "dataset.json: missing key(s) file_ending" in capsys.readouterr().err
+    (raw / "dataset.json").write_text(json.dumps(data))
+    assert cli.plan_and_preprocess_main(["--data-root", str(tmp_path), "-d", "P", "--steps", "fingerprint",
+                                         "plan", "--quiet"]) == 0
+    plans_path = tmp_path / "preprocessed" / "P" / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["stages"][FINE]["spacing_mm"] = "one"
+    plans_path.write_text(json.dumps(plans))
+    capsys.readouterr()
+    assert cli.plan_and_preprocess_main(["--data-root", str(tmp_path), "-d", "P", "--steps", "preprocess",
+                                         "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "plans.json: invalid plans" in err and "spacing_mm" in err and "Traceback" not in err
