@@ -98,12 +98,7 @@ def _kitsseg_case(workdir: Path, case_id: str, image: Path, label: Path, model_d
     out = workdir / "kitsseg_predictions"
     out.mkdir(exist_ok=True)
     if model_dir:
-        single = workdir / "predict_one" / case_id
-        single.mkdir(parents=True, exist_ok=True)
-        link = single / image.name
-        if not link.exists():
-            link.symlink_to(image.resolve())
-        command = ["kits_predict", "-i", str(single), "-o", str(out), "-m", str(model_dir), "-f", "0",
+        command = ["kits_predict", "-i", str(_single_input(workdir, case_id, image)), "-o", str(out), "-m", str(model_dir), "-f", "0",
                    "--device", "cpu", "--overwrite", "--quiet"]
     else:
         command = [sys.executable, str(HERE), "--child", case_id, str(image), str(label), str(out),
@@ -160,11 +155,18 @@ def _progress(log: Path) -> tuple[int, int, float] | None:
     return int(done), int(total), float(rate) if unit == "s/it" else 1 / float(rate)
 
 
-def _nnunet_case(workdir: Path, env: dict, case_id: str, image: Path, configuration: str, limit: float) -> dict:
+def _single_input(workdir: Path, case_id: str, image: Path) -> Path:
+    """A folder holding just this case as <case>_0000.nii.gz (the name both tools expect)."""
     single = workdir / "predict_one" / case_id
     single.mkdir(parents=True, exist_ok=True)
-    if not (single / image.name).exists():
-        (single / image.name).symlink_to(image.resolve())
+    link = single / f"{case_id}_0000.nii.gz"
+    if not link.exists():
+        link.symlink_to(image.resolve())
+    return single
+
+
+def _nnunet_case(workdir: Path, env: dict, case_id: str, image: Path, configuration: str, limit: float) -> dict:
+    single = _single_input(workdir, case_id, image)
     out = workdir / f"nnunet_{configuration}_predictions"
     log = workdir / f"nnunet_{configuration}_{case_id}.log"
     command = ["timeout", "-s", "KILL", str(int(limit)), "nnUNetv2_predict", "-i", str(single), "-o", str(out),
@@ -173,6 +175,8 @@ def _nnunet_case(workdir: Path, env: dict, case_id: str, image: Path, configurat
     seconds, rss, code = run_measured(command, env=env, log=log)
     if code == 0:
         return {"seconds": seconds, "rss": rss, "note": "measured"}
+    if code not in (137, -9):  # not our time limit: nnU-Net failed
+        raise SystemExit(f"nnUNetv2_predict failed (exit {code}), see {log}")
     progress = _progress(log)
     if progress is None:
         return {"seconds": float("nan"), "rss": rss, "note": f"stopped at {limit:.0f} s before any tile"}

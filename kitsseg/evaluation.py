@@ -23,7 +23,7 @@ from tqdm import tqdm
 from kitsseg.atomic import atomic_path, write_json
 from kitsseg.dataset import check_geometry
 from kitsseg.errors import KitssegError
-from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume
+from kitsseg.io import IMAGE_SUFFIXES, CaseProperties, case_id_of, load_volume
 
 REGIONS = {"kidney": (1, 2, 3), "masses": (2, 3), "tumor": (2,)}
 SURFACE_TOLERANCE_MM = {"kidney": 1.0331, "masses": 1.1329, "tumor": 1.1498}  # KiTS23
@@ -89,12 +89,23 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {case_id_of(p): p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)}
 
 
+def load_label_map(path: Path) -> tuple[np.ndarray, CaseProperties]:
+    """A canonical uint8 label map; integer values 0-3 only."""
+    labels, props = load_volume(path)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise KitssegError(f"{path}: a label map must hold integers, not {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > 3:
+        raise KitssegError(f"{path}: label values must lie in 0-3 (found {low} to {high})")
+    return np.ascontiguousarray(labels, dtype=np.uint8), props
+
+
 def evaluate_case(reference_path: Path, prediction_path: Path | None) -> dict[str, float]:
-    reference, ref_props = load_volume(reference_path, np.uint8)
+    reference, ref_props = load_label_map(reference_path)
     if prediction_path is None:
         prediction = np.zeros_like(reference)
     else:
-        prediction, pred_props = load_volume(prediction_path, np.uint8)
+        prediction, pred_props = load_label_map(prediction_path)
         try:
             check_geometry(reference_path.name, ref_props, pred_props)
         except KitssegError as exc:

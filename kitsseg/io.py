@@ -220,11 +220,24 @@ def read_properties(path: Path | str) -> CaseProperties:
                           tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 
+class _ImageBacked(np.ndarray):
+    """A numpy view of a SimpleITK image's buffer that keeps the image alive."""
+
+    _image: sitk.Image
+
+
+def _array_view(image: sitk.Image) -> np.ndarray:
+    view = sitk.GetArrayViewFromImage(image).view(_ImageBacked)
+    view._image = image  # views of this view reach it through .base
+    return view
+
+
 def load_volume(path: Path | str, dtype=None) -> tuple[np.ndarray, CaseProperties]:
     """Read a volume as a canonical `(z, y, x)` array plus its original geometry.
 
-    With `dtype` None the array keeps the file's type and is a (possibly strided)
-    view, so a large CT is not copied; otherwise it is a contiguous array of `dtype`.
+    With `dtype` None the array keeps the file's type and is a read-only (possibly
+    strided) view of the image buffer, so a large CT is never copied; otherwise it is
+    a contiguous array of `dtype`.
     """
     image = read_image(path)
     props = CaseProperties.from_image(image)
@@ -232,10 +245,9 @@ def load_volume(path: Path | str, dtype=None) -> tuple[np.ndarray, CasePropertie
         props.axes
     except ValueError as exc:
         raise KitssegError(f"{path}: {exc}") from None
-    array = to_canonical(sitk.GetArrayFromImage(image), props)
-    del image
+    array = to_canonical(_array_view(image), props)
     if dtype is not None:
-        array = np.ascontiguousarray(array, dtype=dtype)
+        return np.ascontiguousarray(array, dtype=dtype), props
     return array, props
 
 

@@ -109,10 +109,21 @@ class Predictor:
         return probabilities.argmax(0) > 0
 
     def fine_probabilities(self, crop_hu: np.ndarray, spacing_mm) -> np.ndarray:
-        """(C, *crop shape) class probabilities of one VOI, back on its original voxel grid."""
+        """(C, *fine shape) class probabilities of one VOI at the fine spacing."""
         fine = self.plans.stage(FINE)
-        probabilities = self._probabilities(self.fine_models, fine, self._resampled(crop_hu, spacing_mm, fine))
-        return np.stack([resample(p, crop_hu.shape) for p in probabilities])
+        return self._probabilities(self.fine_models, fine, self._resampled(crop_hu, spacing_mm, fine))
+
+    @staticmethod
+    def labels_on_grid(probabilities: np.ndarray, shape) -> np.ndarray:
+        """Argmax of the probabilities resampled to `shape`, one class at a time (lean on memory)."""
+        best = np.zeros(shape, np.uint8)
+        best_score = resample(probabilities[0], shape)
+        for c in range(1, len(probabilities)):
+            score = resample(probabilities[c], shape)
+            better = score > best_score
+            best[better] = c
+            np.maximum(best_score, score, out=best_score)
+        return best
 
     # ---- cascade ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -130,13 +141,15 @@ class Predictor:
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [])
         for box in vois:
+            crop_shape = image_hu[box].shape
             probabilities = self.fine_probabilities(image_hu[box], spacing_mm)
-            raw = probabilities.argmax(0).astype(np.uint8)
+            raw = self.labels_on_grid(probabilities, crop_shape)
             paste(result.labels, box, postprocess(raw, self.postprocess))
             if keep_unprocessed:
                 paste(result.unprocessed, box, raw)
             if keep_probabilities:
-                result.probabilities.append((box, probabilities.astype(np.float16)))
+                back = np.stack([resample(p, crop_shape).astype(np.float16) for p in probabilities])
+                result.probabilities.append((box, back))
         return result
 
     def predict(self, image: sitk.Image) -> sitk.Image:

@@ -26,7 +26,12 @@ SUMMARY_COLUMNS = ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "
 
 
 def _is_dicom_folder(folder: Path) -> bool:
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns about every non-DICOM folder
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def list_inputs(source: Path) -> list[tuple[str, Path]]:
