@@ -158,10 +158,9 @@ def _progress(log: Path) -> tuple[int, int, float] | None:
 def _single_input(workdir: Path, case_id: str, image: Path) -> Path:
     """A folder holding just this case as <case>_0000.nii.gz (the name both tools expect)."""
     single = workdir / "predict_one" / case_id
-    single.mkdir(parents=True, exist_ok=True)
-    link = single / f"{case_id}_0000.nii.gz"
-    if not link.exists():
-        link.symlink_to(image.resolve())
+    shutil.rmtree(single, ignore_errors=True)
+    single.mkdir(parents=True)
+    (single / f"{case_id}_0000.nii.gz").symlink_to(image.resolve())
     return single
 
 

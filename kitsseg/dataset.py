@@ -11,6 +11,7 @@ import numpy as np
 from kitsseg.atomic import write_json
 from kitsseg.errors import KitssegError
 from kitsseg.io import CaseProperties, load_volume, read_properties
+from kitsseg.label_stats import label_histogram
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -141,7 +142,7 @@ def check_label_values(case: RawCase, label: np.ndarray, info: DatasetInfo) -> N
     if not np.issubdtype(label.dtype, np.integer):
         raise KitssegError(f"{case.label}: label map must hold integers, not {label.dtype}")
     if label.dtype == np.uint8:  # the usual case: a histogram is much faster than a sort
-        present = np.nonzero(np.bincount(label.ravel(), minlength=256))[0]
+        present = np.nonzero(label_histogram(label))[0]
     else:
         present = np.unique(label)
     unknown = sorted(set(present.tolist()) - info.label_values)

@@ -14,6 +14,7 @@ import numpy as np
 from kitsseg.atomic import write_json
 from kitsseg.dataset import DatasetInfo, RawCase, list_cases, load_case
 from kitsseg.kidneys import kidney_boxes
+from kitsseg.label_stats import label_histogram
 from kitsseg.parallel import map_cases
 
 SAMPLES_PER_CASE = 10_000
@@ -46,7 +47,7 @@ def case_fingerprint(case: RawCase, info: DatasetInfo, seed: int) -> tuple[dict,
     """Per-case entry and a seeded sample of foreground intensities."""
     image, label, props = load_case(case, info)
     voxel_ml = float(np.prod(props.spacing_mm)) / 1000.0
-    counts = np.bincount(label.ravel(), minlength=max(info.label_values) + 1)
+    counts = label_histogram(label)
     foreground = label > 0
     boxes = kidney_boxes(foreground, props.spacing_mm)
     kidneys_mm = [[(b.stop - b.start) * s for b, s in zip(box, props.spacing_mm)] for box in boxes]

@@ -49,7 +49,7 @@ def _kidney_centres(seg: np.ndarray, ref: np.ndarray | None) -> list[tuple[int, 
     if not mask.any():
         return [tuple(n // 2 for n in seg.shape)]
     components, count = ndi.label(mask)
-    sizes = np.bincount(components.ravel())[1:]
+    sizes = ndi.sum_labels(mask, components, index=np.arange(1, count + 1))
     largest = np.argsort(-sizes)[:2] + 1
     return [tuple(int(round(c)) for c in ndi.center_of_mass(components == k)) for k in largest]
 

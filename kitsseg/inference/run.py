@@ -19,6 +19,7 @@ from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
 from kitsseg.inference.predictor import Predictor
 from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, save_label_map
+from kitsseg.label_stats import label_histogram
 from kitsseg.planning import FINE
 from kitsseg.visualization import overlay_png
 
@@ -51,7 +52,7 @@ def list_inputs(source: Path) -> list[tuple[str, Path]]:
 
 def _volumes_ml(labels: np.ndarray, spacing_mm) -> dict[str, float]:
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=4)
+    counts = label_histogram(labels)
     return {"kidney_ml": round(counts[1] * voxel_ml, 2), "tumor_ml": round(counts[2] * voxel_ml, 2),
             "cyst_ml": round(counts[3] * voxel_ml, 2)}
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 PAD_VALUE = -1.0
-ONE_PASS_PATCHES = 8  # CPU inference memory stays near 1-2 GB up to this many patch volumes
+ONE_PASS_PATCHES = 2  # larger volumes go in tiles: one pass over n patch volumes needs ~0.6n GB on a CPU
 
 
 def _pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
