@@ -30,6 +30,14 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_leftovers(folder: Path | str) -> int:
+    """Delete the temporary files a killed run left in `folder` (never taken as valid); return how many."""
+    leftovers = list(Path(folder).glob(".tmp-*"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

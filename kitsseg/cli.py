@@ -84,12 +84,20 @@ def convert_main(argv: list[str] | None = None) -> int:
     return _run(parser, _convert, argv)
 
 
+def _add_memory_budget(parser: argparse.ArgumentParser, note: str) -> None:
+    from kitsseg.memory import MEMORY_ENV
+
+    parser.add_argument("--memory-gb", type=float, metavar="GB",
+                        help=f"RAM budget; a case whose arrays would exceed it stops early with an error "
+                             f"({note}; default: ${MEMORY_ENV}, else the memory available at start)")
+
+
 def _plan_and_preprocess(args: argparse.Namespace) -> int:
     from kitsseg.plan_and_preprocess import plan_and_preprocess
 
     paths = _dataset_paths(args)
     failed = plan_and_preprocess(paths, args.steps, args.num_workers, Path(args.preset), args.normalization,
-                                 args.gpu_memory_gb, args.overwrite, args.quiet)
+                                 args.gpu_memory_gb, args.overwrite, args.quiet, args.memory_gb)
     if failed:
         print(f"error: {failed} case(s) failed preprocessing (see warnings above)", file=sys.stderr)
         return 1
@@ -117,6 +125,7 @@ def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
                              "'percentile' = nnU-Net's CT scheme from the fingerprint")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0,
                         help="GPU memory budget that sets the batch size (default: 8)")
+    _add_memory_budget(parser, "shared by the workers")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every step and case (default: skip what is up to date)")
     return _run(parser, _plan_and_preprocess, argv)
@@ -183,11 +192,13 @@ def train_main(argv: list[str] | None = None) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from kitsseg.inference.predictor import Predictor
     from kitsseg.inference.run import predict_inputs
+    from kitsseg.memory import MemoryBudget
     from kitsseg.postprocessing import PostprocessConfig
 
     model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
     postprocess = PostprocessConfig(keep_largest_kidney_component=False) if args.no_postprocess else None
-    predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess)
+    predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess,
+                                         MemoryBudget.resolve(args.memory_gb))
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
                             args.save_probabilities, args.overlays)
     print(f"predictions and summary.csv in {args.output}")
@@ -220,6 +231,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                         help="also write <case>_probabilities.npz (fine-stage probabilities inside each VOI) "
                              "for kits_ensemble")
     parser.add_argument("--overlays", action="store_true", help="also write <case>.png with contour overlays")
+    _add_memory_budget(parser, "per case")
     return _run(parser, _predict, argv)
 
 

@@ -210,14 +210,24 @@ def read_image(path: Path | str, header_only: bool = False) -> sitk.Image | sitk
     return result
 
 
-def read_properties(path: Path | str) -> CaseProperties:
-    """Geometry of a volume without reading its voxels (DICOM series are read whole)."""
+def read_header(path: Path | str) -> tuple[CaseProperties, int]:
+    """Geometry and bytes per voxel of a volume without reading its voxels (DICOM series are read whole)."""
     path = Path(path)
     if path.is_dir():
-        return CaseProperties.from_image(read_image(path))
-    reader = read_image(path, header_only=True)
-    return CaseProperties(tuple(int(v) for v in reader.GetSize()), tuple(reader.GetSpacing()),
-                          tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+        image = read_image(path)
+        props, pixel_id, components = CaseProperties.from_image(image), image.GetPixelID(), 1
+    else:
+        reader = read_image(path, header_only=True)
+        props = CaseProperties(tuple(int(v) for v in reader.GetSize()), tuple(reader.GetSpacing()),
+                               tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+        pixel_id, components = reader.GetPixelID(), reader.GetNumberOfComponents()
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).itemsize
+    return props, itemsize * max(1, components)
+
+
+def read_properties(path: Path | str) -> CaseProperties:
+    """Geometry of a volume without reading its voxels (DICOM series are read whole)."""
+    return read_header(path)[0]
 
 
 class _ImageBacked(np.ndarray):

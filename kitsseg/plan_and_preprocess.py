@@ -18,7 +18,8 @@ STEPS = ("fingerprint", "plan", "preprocess")
 
 def plan_and_preprocess(paths: DatasetPaths, steps: Sequence[str] = STEPS, num_workers: int = 2,
                         preset: Path = DEFAULT_PRESET, normalization: str | None = None,
-                        gpu_memory_gb: float = 8.0, overwrite: bool = False, quiet: bool = False) -> int:
+                        gpu_memory_gb: float = 8.0, overwrite: bool = False, quiet: bool = False,
+                        memory_gb: float | None = None) -> int:
     """Run the chosen steps; return the number of cases that failed preprocessing."""
     info, cases = list_cases(paths.raw)
     for case in cases:  # header-only geometry check: fail before any long work
@@ -37,7 +38,7 @@ def plan_and_preprocess(paths: DatasetPaths, steps: Sequence[str] = STEPS, num_w
     if "preprocess" in steps:
         plans = load_plans(paths.plans)
         load_or_create_splits(paths.splits, [c.case_id for c in cases])
-        failed = preprocess_dataset(paths, plans, info, cases, num_workers, overwrite, quiet)
+        failed = preprocess_dataset(paths, plans, info, cases, num_workers, overwrite, quiet, memory_gb)
     return len(failed)
 
 

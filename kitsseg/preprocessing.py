@@ -19,10 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from kitsseg.atomic import atomic_path, write_json
+from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.boxes import Box, box_from_list, box_to_list, grow_box
 from kitsseg.dataset import DatasetInfo, RawCase, load_case
+from kitsseg.io import read_header
 from kitsseg.kidneys import kidney_boxes
+from kitsseg.memory import MemoryBudget, case_input_bytes, stage_bytes
 from kitsseg.parallel import map_cases
 from kitsseg.planning import COARSE, FINE, IntensityConfig, Plans, StagePlan
 from kitsseg.paths import DatasetPaths
@@ -70,12 +72,27 @@ def preprocess_coarse(image, label, spacing_mm, stage: StagePlan, intensity: Int
     return _resample_box(image, label, whole, spacing_mm, stage, intensity, label_values)
 
 
+def fine_boxes(label: np.ndarray, spacing_mm, stage: StagePlan) -> list[Box]:
+    """Each kidney's box grown by the VOI margin."""
+    return [grow_box(box, stage.voi_margin_mm, spacing_mm, label.shape)
+            for box in kidney_boxes(label > 0, spacing_mm)]
+
+
 def preprocess_fine(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
-                    label_values: Sequence[int]) -> list[StageArrays]:
-    """Each kidney's box grown by the VOI margin, at the fine spacing (never the whole scan)."""
-    boxes = [grow_box(box, stage.voi_margin_mm, spacing_mm, image.shape)
-             for box in kidney_boxes(label > 0, spacing_mm)]
+                    label_values: Sequence[int], boxes: Sequence[Box] | None = None) -> list[StageArrays]:
+    """Each kidney's box (`fine_boxes` unless given) at the fine spacing (never the whole scan)."""
+    if boxes is None:
+        boxes = fine_boxes(label, spacing_mm, stage)
     return [_resample_box(image, label, box, spacing_mm, stage, intensity, label_values) for box in boxes]
+
+
+def _box_shape(box: Box) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
+
+
+def _fine_bytes(boxes: Sequence[Box], spacing_mm, stage: StagePlan) -> int:
+    return sum(stage_bytes(_box_shape(b), shape_at_spacing(_box_shape(b), spacing_mm, stage.spacing_mm))
+               for b in boxes)
 
 
 def _save_npz(arrays: StageArrays, path: Path) -> None:
@@ -130,13 +147,21 @@ def _write_stage(stage_dir: Path, case_id: str, plans_hash: str, props, results:
                 "arrays": [_entry(a, n, label_values) for a, n in zip(results, names)]}, sidecar)
 
 
-def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Path,
-                    overwrite: bool = False) -> dict[str, int]:
-    """Read one case, write whichever stages are not up to date; return arrays written per stage."""
+def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Path, overwrite: bool = False,
+                    memory: MemoryBudget | None = None) -> dict[str, int]:
+    """Read one case, write whichever stages are not up to date; return arrays written per stage.
+
+    With a `memory` budget, a case whose arrays would exceed it stops before they are made.
+    """
     todo = [s for s in (COARSE, FINE)
             if overwrite or not is_up_to_date(out_dir / s, case.case_id, plans.stage_hash(s))]
     if not todo:
         return {}
+    if memory is not None:
+        props, image_bytes = read_header(case.image)
+        held = case_input_bytes(props.shape, image_bytes, read_header(case.label)[1], 1)
+        coarse_shape = shape_at_spacing(props.shape, props.spacing_mm, plans.stage(COARSE).spacing_mm)
+        memory.require(case.image, held + stage_bytes(props.shape, coarse_shape), "preprocessing")
     image, label, props = load_case(case, info)
     label_values = sorted(info.label_values)
     written = {}
@@ -146,7 +171,11 @@ def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Pat
             results = [preprocess_coarse(image, label, props.spacing_mm, stage, plans.intensity, label_values)]
             names = [f"{case.case_id}.npz"]
         else:
-            results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values)
+            boxes = fine_boxes(label, props.spacing_mm, stage)
+            if memory is not None:
+                memory.require(case.image, held + _fine_bytes(boxes, props.spacing_mm, stage),
+                               "the fine stage (kidney regions at its spacing)")
+            results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values, boxes)
             names = [f"{case.case_id}_voi{k}.npz" for k in range(len(results))]
             if not results:
                 warnings.warn(f"case {case.case_id}: no foreground, skipped for the fine stage")
@@ -156,12 +185,17 @@ def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Pat
 
 
 def preprocess_dataset(paths: DatasetPaths, plans: Plans, info: DatasetInfo, cases: list[RawCase],
-                       num_workers: int = 1, overwrite: bool = False, quiet: bool = False) -> list[str]:
-    """Preprocess every case (in parallel); return the ids of cases that failed."""
+                       num_workers: int = 1, overwrite: bool = False, quiet: bool = False,
+                       memory_gb: float | None = None) -> list[str]:
+    """Preprocess every case (in parallel); return the ids of cases that failed.
+
+    `memory_gb` (default: `MemoryBudget.resolve`'s) is shared by the workers.
+    """
+    memory = MemoryBudget.resolve(memory_gb, num_workers)
     for stage in (COARSE, FINE):
         paths.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-        for leftover in paths.stage_dir(stage).glob(".tmp-*"):  # from a killed run; never trusted
-            leftover.unlink()
+        remove_leftovers(paths.stage_dir(stage))
     done = map_cases(partial(preprocess_case, info=info, plans=plans, out_dir=paths.preprocessed,
-                             overwrite=overwrite), cases, num_workers, desc="preprocess", quiet=quiet)
+                             overwrite=overwrite, memory=memory), cases, num_workers, desc="preprocess",
+                     quiet=quiet)
     return [c.case_id for c in cases if c.case_id not in done]

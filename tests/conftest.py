@@ -62,3 +62,25 @@ def tiny_dataset(tmp_path_factory):
     preset.write_text(json.dumps(TINY_PRESET))
     plan_and_preprocess(paths, num_workers=1, preset=preset, quiet=True)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """Untrained tiny checkpoints of both stages (fold 0), planned for phantom-like scans."""
+    import torch
+
+    from kitsseg.checkpoint import save_checkpoint
+    from kitsseg.fingerprint import Fingerprint
+    from kitsseg.network.vbnet import VBNet
+    from kitsseg.planning import COARSE, FINE, plan_experiment
+
+    fingerprint = Fingerprint({}, (2.0, 0.8, 0.8), (32, 64, 64), {k: 0.0 for k in ("mean", "std", "min", "max",
+                              "percentile_00_5", "percentile_99_5")}, {"median": [40.0, 25.0, 20.0],
+                              "percentile_95": [45.0, 30.0, 25.0]}, (0, 1, 2))
+    plans = plan_experiment(fingerprint, "P", {"background": 0, "kidney": 1, "tumor": 2}, TINY_PRESET)
+    root = tmp_path_factory.mktemp("models")
+    for stage in (COARSE, FINE):
+        torch.manual_seed(0)
+        save_checkpoint({"state_dict": VBNet(plans.stage(stage).network).state_dict(), "plans": plans.to_dict(),
+                         "stage": stage, "epoch": 0}, root / stage / "fold_0" / "checkpoint_final.pt")
+    return root

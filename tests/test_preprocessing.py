@@ -1,9 +1,5 @@
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -124,21 +120,3 @@ def test_splits_are_five_seeded_folds(tmp_path):
     assert load_or_create_splits(path, ids) == splits
     with pytest.warns(UserWarning, match="keeping the file"):
         assert load_or_create_splits(path, ids[:10]) == splits  # never silently changed
-
-
-@pytest.mark.slow
-def test_killed_run_restarts_to_loadable_npz(dataset):
-    command = [sys.executable, "-c", "import sys; from kitsseg.cli import plan_and_preprocess_main as m; "
-               "sys.exit(m(sys.argv[1:]))", "--data-root", str(dataset.root), "-d", dataset.name,
-               "-np", "1", "--quiet"]
-    rng = np.random.default_rng(0)
-    for trial in range(3):
-        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 3.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert subprocess.run(command, capture_output=True).returncode == 0
-    for npz in dataset.preprocessed.rglob("*.npz"):
-        image, label = load_npz(npz)
-        assert image.shape == label.shape
-    assert not list(dataset.preprocessed.rglob(".tmp-*"))  # leftovers of killed runs are removed

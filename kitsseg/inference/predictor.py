@@ -21,6 +21,7 @@ from kitsseg.errors import KitssegError
 from kitsseg.inference.sliding_window import predict_volume, tile_for
 from kitsseg.inference.voi import find_vois
 from kitsseg.io import CaseProperties, to_canonical, to_sitk
+from kitsseg.memory import MemoryBudget, case_input_bytes, grid_argmax_bytes, network_stage_bytes, voxels
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
 from kitsseg.postprocessing import PostprocessConfig, postprocess
 from kitsseg.preprocessing import normalise
@@ -49,15 +50,16 @@ class Predictor:
 
     def __init__(self, plans: Plans, coarse_models: Sequence[PredictFn], fine_models: Sequence[PredictFn],
                  device: str | torch.device = "cpu", tta: bool = False,
-                 postprocess: PostprocessConfig = PostprocessConfig()):
+                 postprocess: PostprocessConfig = PostprocessConfig(), memory: MemoryBudget | None = None):
         if not coarse_models or not fine_models:
             raise KitssegError("the cascade needs at least one coarse and one fine model")
         self.plans, self.coarse_models, self.fine_models = plans, list(coarse_models), list(fine_models)
-        self.device, self.tta, self.postprocess = torch.device(device), tta, postprocess
+        self.device, self.tta, self.postprocess, self.memory = torch.device(device), tta, postprocess, memory
 
     @classmethod
     def from_model_dir(cls, model_dir: Path | str, folds: Sequence[str] | None = None, device: str = "auto",
-                       tta: bool = False, postprocess: PostprocessConfig | None = None) -> "Predictor":
+                       tta: bool = False, postprocess: PostprocessConfig | None = None,
+                       memory: MemoryBudget | None = None) -> "Predictor":
         """Load `model_dir/{3d_coarse,3d_fine}/fold_K/checkpoint_final.pt` for the chosen folds
         (default: every fold trained for both stages) and `model_dir/postprocessing.json`."""
         model_dir, torch_device = Path(model_dir), resolve_device(device)
@@ -77,7 +79,7 @@ class Predictor:
                 models[stage].append(network)
         if postprocess is None:
             postprocess = PostprocessConfig.load(model_dir / "postprocessing.json")
-        return cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess)
+        return cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory)
 
     # ---- stages -------------------------------------------------------------------------------
     def _probabilities(self, models: Sequence[PredictFn], stage: StagePlan, image: np.ndarray) -> np.ndarray:
@@ -125,19 +127,47 @@ class Predictor:
             np.maximum(best_score, score, out=best_score)
         return best
 
+    # ---- memory guard -------------------------------------------------------------------------
+    def _held_bytes(self, shape, image_itemsize: int, keep_unprocessed: bool) -> int:
+        return case_input_bytes(shape, image_itemsize, 1, *([1] if keep_unprocessed else []))
+
+    def require_memory(self, source: object, shape, spacing_mm, image_itemsize: int,
+                       keep_unprocessed: bool = False) -> None:
+        """Before reading a case: the case's arrays and the coarse stage must fit the budget."""
+        if self.memory is None:
+            return
+        coarse = self.plans.stage(COARSE)
+        coarse_shape = shape_at_spacing(shape, spacing_mm, coarse.spacing_mm)
+        self.memory.require(source, self._held_bytes(shape, image_itemsize, keep_unprocessed)
+                            + network_stage_bytes(shape, coarse_shape, coarse.num_classes), "prediction")
+
+    def _require_voi_memory(self, source: object, image_hu: np.ndarray, spacing_mm, vois,
+                            keep_unprocessed: bool, keep_probabilities: bool) -> None:
+        fine = self.plans.stage(FINE)
+        crops = [tuple(s.stop - s.start for s in box) for box in vois]
+        held = self._held_bytes(image_hu.shape, image_hu.itemsize, keep_unprocessed)
+        if keep_probabilities:
+            held += sum(voxels(c) * 2 * fine.num_classes for c in crops)
+        per_voi = [network_stage_bytes(c, shape_at_spacing(c, spacing_mm, fine.spacing_mm), fine.num_classes)
+                   + grid_argmax_bytes(c) for c in crops]
+        self.memory.require(source, held + max(per_voi, default=0), "the fine stage (kidney VOIs)")
+
     # ---- cascade ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float],
-                      keep_unprocessed: bool = False, keep_probabilities: bool = False) -> CascadeResult:
+    def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float], keep_unprocessed: bool = False,
+                      keep_probabilities: bool = False, source: object = "image") -> CascadeResult:
         """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map.
 
         `keep_unprocessed` also returns the map before postprocessing; `keep_probabilities`
-        the fine probabilities of each VOI (float16, original grid) with its box.
+        the fine probabilities of each VOI (float16, original grid) with its box. With a
+        memory budget, VOIs that would exceed it stop before the fine stage (`source` names the input).
         """
         mask = self.coarse_mask(image_hu, spacing_mm)
         fine = self.plans.stage(FINE)
         coarse_spacing = np.asarray(image_hu.shape) * np.asarray(spacing_mm) / np.asarray(mask.shape)
         vois = find_vois(mask, coarse_spacing, image_hu.shape, spacing_mm, fine.voi_margin_mm)
+        if self.memory is not None:
+            self._require_voi_memory(source, image_hu, spacing_mm, vois, keep_unprocessed, keep_probabilities)
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [])
         for box in vois:

@@ -14,11 +14,11 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from kitsseg.atomic import atomic_path
+from kitsseg.atomic import atomic_path, remove_leftovers
 from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
 from kitsseg.inference.predictor import Predictor
-from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, save_label_map
+from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, read_header, save_label_map
 from kitsseg.label_stats import label_histogram
 from kitsseg.planning import FINE
 from kitsseg.visualization import overlay_png
@@ -60,10 +60,13 @@ def _volumes_ml(labels: np.ndarray, spacing_mm) -> dict[str, float]:
 def predict_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool = False,
                  overlay: bool = False) -> dict:
     start = time.perf_counter()
+    header, itemsize = read_header(source)
+    predictor.require_memory(source, header.shape, header.spacing_mm, itemsize)
     image_hu, props = load_volume(source)
     if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
         raise KitssegError(f"{source}: image holds NaN or infinite voxels")
-    result = predictor.predict_array(image_hu, props.spacing_mm, keep_probabilities=save_probabilities)
+    result = predictor.predict_array(image_hu, props.spacing_mm, keep_probabilities=save_probabilities,
+                                     source=source)
     case_id = target.name[: -len(".nii.gz")]
     if save_probabilities:
         save_probabilities_npz(result.probabilities, props, predictor.plans.stage(FINE).class_names,
@@ -81,6 +84,7 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
     """Predict every input; return the number of failed cases."""
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir)  # a killed run's partial files are never taken as outputs
     rows, failed = [], 0
     for case_id, path in tqdm(inputs, desc="predict", disable=quiet, unit="case"):
         target = out_dir / f"{case_id}.nii.gz"

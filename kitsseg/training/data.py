@@ -1,6 +1,7 @@
 """Batches for training: crops from the in-memory stage arrays, augmented in background processes."""
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -47,7 +48,9 @@ def make_batches(volumes: list[CachedVolume], sampler: CropSampler, patch_size: 
     loader = CropLoader(volumes, sampler, sample_size(patch_size, augment), batch_size, merge_foreground, seed)
     transform = build_augmentation(patch_size, augment_strength) if augment else None
     if num_workers <= 0:
-        np.random.seed(seed % 2**32)  # batchgenerators' transforms draw from the global generator
+        # batchgenerators' transforms draw from numpy's global generator, its noise from Python's
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
         return SingleThreadedAugmenter(loader, transform)
     seeds = [int(np.random.default_rng([seed, w]).integers(2**31)) for w in range(num_workers)]
     return MultiThreadedAugmenter(loader, transform, num_workers, num_cached_per_queue=2, seeds=seeds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kitsseg.atomic import atomic_path, write_json
+from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.checkpoint import load_checkpoint, save_checkpoint
 from kitsseg.device import resolve_device
 from kitsseg.errors import KitssegError
@@ -141,8 +142,10 @@ class Trainer:
                                    lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction)
         self.epoch, self.log, self.ema, self.best = 0, [], None, None
         self.seconds_before = 0.0  # training time of earlier sessions (time budget)
+        if self.dist.is_main:
+            remove_leftovers(self.out)  # partial checkpoints of a killed run
         if resume:
-            self._restore(self.out / "checkpoint_latest.pt")
+            self._resume(self.out / "checkpoint_latest.pt")
         if self.dist.is_main:
             write_json(asdict(config), self.out / "train_config.json")
 
@@ -158,9 +161,11 @@ class Trainer:
                 "ema": self.ema, "best": self.best, "train_config": asdict(self.config),
                 "seconds": self.seconds_before + self._elapsed()}
 
-    def _restore(self, path: Path) -> None:
+    def _resume(self, path: Path) -> None:
+        """Continue from `path`; a run killed before its first checkpoint starts afresh (as nnU-Net does)."""
         if not path.exists():
-            raise KitssegError(f"{path}: nothing to continue from")
+            warnings.warn(f"{path}: no checkpoint to continue from, starting a new training")
+            return
         state = load_checkpoint(path, self.device)
         if state["stage"] != self.stage.name:
             raise KitssegError(f"{path}: checkpoint is for stage {state['stage']}, not {self.stage.name}")

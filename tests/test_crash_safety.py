@@ -1,0 +1,112 @@
+"""SIGKILL at random moments, then restart: every command completes, and no partial npz,
+checkpoint or prediction is ever taken as valid (all outputs are written atomically and a
+restart removes a killed run's temporary files)."""
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kitsseg.checkpoint import load_checkpoint
+from kitsseg.io import check_nifti_complete
+from kitsseg.paths import DatasetPaths
+from kitsseg.preprocessing import load_npz
+
+pytestmark = pytest.mark.slow
+TRIALS = 3
+
+
+def kill_after(command, seconds: float) -> bool:
+    """Start `command`, SIGKILL it after `seconds`; return whether it was still running then."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True
+
+
+def timed_run(command) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return time.perf_counter() - start
+
+
+def test_preprocessing(phantom_raw, tmp_path):
+    paths = DatasetPaths(tmp_path, "Phantom")
+    shutil.copytree(phantom_raw, paths.raw)
+    command = [sys.executable, "-m", "kitsseg.cli", "plan_and_preprocess", "--data-root", str(paths.root),
+               "-d", paths.name, "-np", "1", "--quiet"]
+    rng = np.random.default_rng(0)
+    for _ in range(TRIALS):
+        kill_after(command, rng.uniform(1.0, 4.0))
+        for npz in paths.preprocessed.rglob("*.npz"):  # whatever a killed run left under a final name loads
+            image, label = load_npz(npz)
+            assert image.shape == label.shape
+    timed_run(command)
+    for npz in paths.preprocessed.rglob("*.npz"):
+        image, label = load_npz(npz)
+        assert image.shape == label.shape
+    assert not list(paths.preprocessed.rglob(".tmp-*"))  # leftovers of killed runs are removed
+
+
+def _train_command(paths, *extra):
+    return [sys.executable, "-m", "kitsseg.cli", "train", "3d_coarse", "0", "--data-root", str(paths.root),
+            "-d", paths.name, "--epochs", "8", "--iters-per-epoch", "4", "--val-iters", "1", "--device", "cpu",
+            "--num-workers", "0", "--seed", "5", "--quiet", "--continue", *extra]
+
+
+def test_training(tiny_dataset, tmp_path):
+    shutil.copytree(tiny_dataset.root, tmp_path / "root")
+    paths = DatasetPaths(tmp_path / "root", tiny_dataset.name)
+    out = paths.results / "3d_coarse" / "fold_0"
+    rng = np.random.default_rng(1)
+    killed = 0
+    for _ in range(TRIALS):  # each start continues from the last checkpoint (or starts afresh)
+        killed += kill_after(_train_command(paths), rng.uniform(3.0, 9.0))
+        for checkpoint in out.glob("checkpoint_*.pt"):
+            assert load_checkpoint(checkpoint)["epoch"] >= 1
+    assert killed >= 2, "training ended before most kills: make the run longer"
+    timed_run(_train_command(paths))
+    log = (out / "training_log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == [str(e) for e in range(8)]  # each epoch once, in order
+    assert load_checkpoint(out / "checkpoint_final.pt")["epoch"] == 8
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_prediction(phantom_raw, tiny_models, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(12):
+        shutil.copy(phantom_raw / "imagesTr" / f"case_0000{k % 5}_0000.nii.gz", inputs / f"c{k:02d}.nii.gz")
+
+    def command(out):
+        return [sys.executable, "-m", "kitsseg.cli", "predict", "-i", str(inputs), "-o", str(out), "-m",
+                str(tiny_models), "--device", "cpu", "--quiet"]
+
+    seconds = timed_run(command(tmp_path / "reference"))
+    reference = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+                 for p in (tmp_path / "reference").glob("c*.nii.gz")}
+    assert len(reference) == 12
+    out = tmp_path / "out"
+    rng = np.random.default_rng(2)
+    killed_mid_run = 0
+    for _ in range(TRIALS):
+        kill_after(command(out), rng.uniform(0.4, 0.9) * seconds)
+        killed_mid_run += 0 < len(list(out.glob("c*.nii.gz"))) < 12
+        for path in out.glob("c*.nii.gz"):  # a finished name is a finished, correct file
+            check_nifti_complete(path)
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), reference[path.name])
+    assert killed_mid_run >= 1, "no kill landed between the first and the last case"
+    timed_run(command(out))
+    assert sorted(p.name for p in out.glob("c*.nii.gz")) == sorted(reference)
+    for name, labels in reference.items():
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))), labels)
+    assert not list(out.glob(".tmp-*"))
