@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("KITSSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
 RENDER_SCRIPT = SHARED / "bench" / "render_ct.py"
 
 

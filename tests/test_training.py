@@ -108,3 +108,15 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_dataset, tmp_path):
     from kitsseg.planning import load_plans
     fresh = VBNet(load_plans(paths.plans).stage("3d_coarse").network).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a)
+
+
+def test_time_budget_stops_mid_epoch_and_schedules_by_the_clock(tiny_dataset, tmp_path):
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    config = TrainConfig(stage="3d_coarse", fold="0", iters_per_epoch=100_000, val_iters=1, lr=1e-2, device="cpu",
+                         num_workers=0, augment_strength=0.0, time_budget_min=0.1)
+    start = time.perf_counter()
+    out = train(paths, config, quiet=True)
+    assert time.perf_counter() - start < 40  # 6 s of training, then validation and saving
+    log = read_log(out / "training_log.csv")
+    assert len(log) == 1  # the one long epoch was cut when the budget ran out
+    assert float(log[0]["lr"]) < 0.05 * config.lr  # the learning rate decayed with the clock

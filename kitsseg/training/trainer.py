@@ -204,8 +204,11 @@ class Trainer:
         bar = tqdm(range(cfg.iters_per_epoch), desc=f"{self.stage.name} fold {cfg.fold} epoch {self.epoch}",
                    disable=self.quiet or not self.dist.is_main, leave=False)
         for iteration in bar:
+            progress = self._progress(iteration)
+            if cfg.time_budget_min > 0 and progress >= 1.0 and losses:
+                break  # the budget ends mid-epoch
             for group in self.optimizer.param_groups:
-                group["lr"] = poly_lr(cfg.lr, self._progress(iteration))
+                group["lr"] = poly_lr(cfg.lr, progress)
             image, labels = _to_tensors(next(batches), self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
                 loss = self.loss(self.network(image), labels)

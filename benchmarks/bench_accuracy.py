@@ -1,0 +1,198 @@
+"""Accuracy at an equal wall-clock training budget: kitsseg vs nnU-Net v2 (3d_fullres, 3d_lowres).
+
+Renders the KiTS19 cases below with ../shared/bench/render_ct.py (synthetic intensities on
+real KiTS19 geometry: the figures compare methods, they are not KiTS19 results), trains each
+method on TRAIN_CASES (fold 'all') for the same budget on the same device, predicts the
+held-out TEST_CASES and scores them with kits_evaluate (KiTS19 and KiTS23 metrics).
+
+    python benchmarks/bench_accuracy.py --workdir bench_work/accuracy --budget-min 45 --device cpu
+
+kitsseg splits its budget between the coarse and the fine stage (--coarse-share). nnU-Net
+trains with `nnUNetTrainer_TimeBudget` (benchmarks/nnunet_time_budget_trainer.py, its
+default trainer cut by the clock). Planning and preprocessing are not part of the budget
+(benchmarks/bench_preprocess.py times them). Both predict without test-time mirroring.
+Needs `pip install -e ".[bench]"` for nnU-Net; methods can be chosen with --methods.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import RENDER_SCRIPT, SHARED, machine_description  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# the first 40 KiTS19 cases (by id) with at most 120 slices, to keep CPU runs affordable
+TRAIN_CASES = ["case_00004", "case_00007", "case_00009", "case_00010", "case_00011", "case_00012", "case_00013",
+               "case_00015", "case_00017", "case_00020", "case_00021", "case_00023", "case_00024", "case_00025",
+               "case_00028", "case_00030", "case_00031", "case_00034", "case_00035", "case_00037", "case_00038",
+               "case_00039", "case_00041", "case_00044", "case_00045", "case_00048", "case_00050", "case_00051",
+               "case_00054", "case_00055"]
+TEST_CASES = ["case_00056", "case_00057", "case_00058", "case_00061", "case_00062", "case_00064", "case_00065",
+              "case_00069", "case_00070", "case_00074"]
+METHODS = ("kitsseg", "nnunet_3d_fullres", "nnunet_3d_lowres")
+NNUNET_ID, NNUNET_NAME = 502, "Dataset502_KiTS19Rendered"
+TRAINER = "nnUNetTrainer_TimeBudget"
+
+
+def run(command: list, log: Path, env: dict | None = None) -> float:
+    """Run a command with its output in `log`; return wall seconds; stop the benchmark on failure."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.call([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT, env=env)
+    if code:
+        raise SystemExit(f"{' '.join(map(str, command[:3]))} failed (exit {code}), see {log}")
+    return time.perf_counter() - start
+
+
+def render(workdir: Path, cases: list[str], workers: int) -> Path:
+    """Render the missing cases, `workers` render processes at a time; return the folder."""
+    rendered = workdir / "rendered"
+    missing = [c for c in cases if not (rendered / c / "imaging.nii.gz").exists()]
+    groups = [missing[k::workers] for k in range(workers) if missing[k::workers]]
+    processes = [subprocess.Popen([sys.executable, RENDER_SCRIPT, SHARED / "data" / "kits19", rendered,
+                                   "--cases", *group], stdout=subprocess.DEVNULL) for group in groups]
+    if any(p.wait() for p in processes):
+        raise SystemExit("rendering failed")
+    return rendered
+
+
+def prepare(workdir: Path, workers: int, test_cases: list[str]) -> None:
+    """Rendered cases -> a kitsseg/nnU-Net raw dataset of the training cases, and the test folders."""
+    rendered = render(workdir, TRAIN_CASES + test_cases, workers)
+    raw = workdir / "kitsseg_data" / "raw" / "KiTS19"
+    if not (raw / "dataset.json").exists():
+        source = workdir / "train_source"
+        source.mkdir(exist_ok=True)
+        for case in TRAIN_CASES:
+            if not (source / case).exists():
+                (source / case).symlink_to((rendered / case).resolve())
+        run(["kits_convert", "kits", source, "--data-root", workdir / "kitsseg_data", "--quiet"],
+            workdir / "convert.log")
+    for folder in ("images", "labels"):
+        (workdir / "test" / folder).mkdir(parents=True, exist_ok=True)
+    for case in test_cases:
+        links = {workdir / "test" / "images" / f"{case}_0000.nii.gz": rendered / case / "imaging.nii.gz",
+                 workdir / "test" / "labels" / f"{case}.nii.gz": rendered / case / "segmentation.nii.gz"}
+        for link, target in links.items():
+            if not link.exists():
+                link.symlink_to(target.resolve())
+
+
+def evaluate(workdir: Path, method: str) -> dict:
+    pred = workdir / "predictions" / method
+    run(["kits_evaluate", "-r", workdir / "test" / "labels", "-p", pred, "-o", workdir / "scores" / method,
+         "--quiet"], workdir / f"evaluate_{method}.log")
+    return json.loads((workdir / "scores" / method / "summary.json").read_text())["mean"]
+
+
+def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
+    root = workdir / "kitsseg_data"
+    common = ["--data-root", root, "-d", "KiTS19"]
+    run(["kits_plan_and_preprocess", *common, "--preset", args.preset, "-np", args.workers, "--quiet"],
+        workdir / "kitsseg_preprocess.log")
+    trained = 0.0
+    for stage, share in (("3d_coarse", args.coarse_share), ("3d_fine", 1 - args.coarse_share)):
+        shutil.rmtree(root / "results" / "KiTS19" / stage / "fold_all", ignore_errors=True)
+        trained += run(["kits_train", stage, "all", *common, "--time-budget", args.budget_min * share,
+                        "--epochs", 10 ** 6, "--iters-per-epoch", args.iters_per_epoch, "--val-iters", 4, "--lr", args.lr,
+                        "--loss", args.loss, "--device", args.device, "--num-workers", args.workers,
+                        "--lesion-fraction", args.lesion_fraction, "--quiet"], workdir / f"kitsseg_train_{stage}.log")
+    pred = workdir / "predictions" / "kitsseg"
+    shutil.rmtree(pred, ignore_errors=True)
+    seconds = run(["kits_predict", "-i", workdir / "test" / "images", "-o", pred, *common, "-f", "all",
+                   "--device", args.device, "--quiet"], workdir / "kitsseg_predict.log")
+    return {"train_s": trained, "predict_s": seconds}
+
+
+def _install_trainer() -> None:
+    import nnunetv2
+
+    target = Path(nnunetv2.__file__).parent / "training" / "nnUNetTrainer" / "variants" / "training_length"
+    shutil.copy(Path(__file__).with_name("nnunet_time_budget_trainer.py"), target / f"{TRAINER}.py")
+
+
+def nnunet(workdir: Path, args: argparse.Namespace, configuration: str) -> dict:
+    base = workdir / "nnunet"
+    env = {**os.environ, "nnUNet_raw": str(base / "raw"), "nnUNet_preprocessed": str(base / "preprocessed"),
+           "nnUNet_results": str(base / "results"), "nnUNet_compile": "false",
+           "nnUNet_n_proc_DA": str(args.workers), "KITSSEG_BENCH_BUDGET_MIN": str(args.budget_min)}
+    raw = base / "raw" / NNUNET_NAME
+    if not raw.exists():
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.symlink_to((workdir / "kitsseg_data" / "raw" / "KiTS19").resolve())  # the same format
+    plans = base / "preprocessed" / NNUNET_NAME / "nnUNetPlans.json"
+    if not (base / "preprocessed" / NNUNET_NAME / f"nnUNetPlans_{configuration}").exists():
+        run(["nnUNetv2_plan_and_preprocess", "-d", NNUNET_ID, "-c", configuration, "-np", args.workers,
+             "-npfp", args.workers], workdir / f"nnunet_preprocess_{configuration}.log", env)
+    if configuration not in json.loads(plans.read_text())["configurations"]:
+        return {"note": f"nnU-Net planned no {configuration} for this dataset"}
+    _install_trainer()
+    shutil.rmtree(base / "results" / NNUNET_NAME / f"{TRAINER}__nnUNetPlans__{configuration}",
+                  ignore_errors=True)
+    trained = run(["nnUNetv2_train", NNUNET_ID, configuration, "all", "-tr", TRAINER, "-device", args.device],
+                  workdir / f"nnunet_train_{configuration}.log", env)
+    pred = workdir / "predictions" / f"nnunet_{configuration}"
+    shutil.rmtree(pred, ignore_errors=True)
+    seconds = run(["nnUNetv2_predict", "-i", workdir / "test" / "images", "-o", pred, "-d", NNUNET_ID,
+                   "-c", configuration, "-f", "all", "-tr", TRAINER, "--disable_tta", "-device", args.device,
+                   "-step_size", args.nnunet_step_size, "-npp", 1, "-nps", 1],
+                  workdir / f"nnunet_predict_{configuration}.log", env)
+    return {"train_s": trained, "predict_s": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "accuracy")
+    parser.add_argument("--budget-min", type=float, default=45.0, help="training minutes per method (default: 45)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--test-cases", type=int, default=len(TEST_CASES),
+                        help="use the first N held-out cases (default: all 10)")
+    parser.add_argument("-np", "--workers", type=int, default=2, help="processes for rendering, preprocessing "
+                        "and data augmentation, the same for every method (default: 2)")
+    parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
+    parser.add_argument("--coarse-share", type=float, default=0.25, help="kitsseg: budget share of the coarse stage")
+    parser.add_argument("--lr", type=float, default=3e-3, help="kitsseg: initial learning rate")
+    parser.add_argument("--loss", default="gdice_ce", help="kitsseg: training loss")
+    parser.add_argument("--lesion-fraction", type=float, default=0.33, help="kitsseg: crops centred on lesions")
+    parser.add_argument("--iters-per-epoch", type=int, default=100, help="kitsseg: iterations per epoch (each "
+                        "epoch restarts the augmentation workers)")
+    parser.add_argument("--nnunet-step-size", type=float, default=0.5, help="nnU-Net sliding-window step")
+    args = parser.parse_args()
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "predictions").mkdir(exist_ok=True)
+    test_cases = TEST_CASES[: args.test_cases]
+    prepare(workdir, args.workers, test_cases)
+    results = workdir / "results.json"  # rows of earlier runs in this workdir are kept unless re-run
+    rows = [r for r in (json.loads(results.read_text()) if results.exists() else []) if r["method"] not in args.methods]
+    for method in args.methods:
+        times = kitsseg(workdir, args) if method == "kitsseg" else nnunet(workdir, args, method[len("nnunet_"):])
+        scores = evaluate(workdir, method) if "note" not in times else {}
+        rows.append({"method": method, "budget_min": args.budget_min, "device": args.device,
+                     "test_cases": len(test_cases), **times, **scores})
+        results.write_text(json.dumps(rows, indent=2))
+    print(f"machine: {machine_description()}; {len(TRAIN_CASES)} training cases, held-out cases as listed "
+          f"(rendered images: synthetic intensities on real KiTS19 geometry, not KiTS19 results)")
+    header = ("method", "budget min", "device", "test cases", "kidney Dice", "tumour Dice", "KiTS19 composite",
+              "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        start = f"| {row['method']} | {row['budget_min']:g} | {row['device']} | {row['test_cases']} |"
+        if "note" in row:
+            print(f"{start} {row['note']} |")
+            continue
+        sd = "/".join(f"{row[f'{r}_sd']:.3f}" for r in ("kidney", "masses", "tumor"))
+        print(f"{start} {row['kidney_dice']:.3f} | {row['tumor_dice']:.3f} | {row['composite_kits19']:.3f} | {sd} | "
+              f"{row['predict_s'] / row['test_cases']:.1f} | {row['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
