@@ -141,6 +141,7 @@ class Trainer:
         self.sampler = CropSampler(centred_on_mask=not self.stage.merges_foreground,
                                    lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction)
         self.epoch, self.log, self.ema, self.best = 0, [], None, None
+        self.batches = None  # the training loader's worker processes, started by the first epoch
         self.seconds_before = 0.0  # training time of earlier sessions (time budget)
         if self.dist.is_main:
             remove_leftovers(self.out)  # partial checkpoints of a killed run
@@ -193,12 +194,23 @@ class Trainer:
         return self.epoch >= self.config.epochs
 
     # ---- loop -------------------------------------------------------------------------------
-    def _train_epoch(self) -> float:
+    def _epoch_batches(self):
+        """In-process batches are rebuilt and reseeded each epoch (a resumed run repeats an
+        uninterrupted one exactly); worker processes start once per run and stay."""
         cfg = self.config
-        torch.manual_seed(_epoch_seed(cfg.seed, self.dist.rank, self.epoch))
+        if cfg.num_workers > 0 and self.batches is not None:
+            return self.batches
         batches = make_batches(self.train_volumes, self.sampler, self.stage.patch_size, self.stage.batch_size,
                                self.stage.merges_foreground, seed=_epoch_seed(cfg.seed, self.dist.rank, self.epoch),
                                augment_strength=cfg.augment_strength, num_workers=cfg.num_workers)
+        if cfg.num_workers > 0:
+            self.batches = batches
+        return batches
+
+    def _train_epoch(self) -> float:
+        cfg = self.config
+        torch.manual_seed(_epoch_seed(cfg.seed, self.dist.rank, self.epoch))
+        batches = self._epoch_batches()
         self.network.train()
         losses = []
         bar = tqdm(range(cfg.iters_per_epoch), desc=f"{self.stage.name} fold {cfg.fold} epoch {self.epoch}",
@@ -220,8 +232,6 @@ class Trainer:
             self.scaler.update()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if hasattr(batches, "_finish"):
-            batches._finish()
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -270,15 +280,19 @@ class Trainer:
     def fit(self) -> Path:
         """Train until the epochs (or the time budget) are spent; return the output folder."""
         self.started = time.perf_counter()
-        while not self._done():
-            start = time.perf_counter()
-            train_loss = self._train_epoch()
-            val_loss, dice = self._validate_epoch()
-            self._end_epoch(train_loss, val_loss, dice, time.perf_counter() - start)
-            if not self.quiet and self.dist.is_main:
-                row = self.log[-1]
-                tqdm.write(f"epoch {row['epoch']}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                           f"dice {np.round(dice, 3).tolist()}  {row['seconds']:.0f} s")
+        try:
+            while not self._done():
+                start = time.perf_counter()
+                train_loss = self._train_epoch()
+                val_loss, dice = self._validate_epoch()
+                self._end_epoch(train_loss, val_loss, dice, time.perf_counter() - start)
+                if not self.quiet and self.dist.is_main:
+                    row = self.log[-1]
+                    tqdm.write(f"epoch {row['epoch']}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                               f"dice {np.round(dice, 3).tolist()}  {row['seconds']:.0f} s")
+        finally:
+            if hasattr(self.batches, "_finish"):
+                self.batches._finish()
         if self.dist.is_main:
             save_checkpoint(self._state(), self.out / "checkpoint_final.pt")
             summary = validate_stage(self.model, self.stage, self.val_volumes, self.device, quiet=self.quiet)
