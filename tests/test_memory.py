@@ -86,3 +86,33 @@ def test_preprocessing_stops_before_the_stage_that_does_not_fit(paper_case, tmp_
     assert not list((tmp_path / "b" / FINE).glob("*.npz"))  # the coarse stage, which fits, was written
     assert (tmp_path / "b" / COARSE / f"{case.case_id}.npz").exists()
     assert preprocess_case(case, info, plans, tmp_path / "c", memory=MemoryBudget(held + fine)) == {COARSE: 1, FINE: 2}
+
+
+def test_prediction_stops_before_the_fine_stage_that_does_not_fit():
+    from kitsseg.inference.predictor import Predictor
+    from kitsseg.memory import network_stage_bytes
+    from tests.test_predictor import LEVEL_HU, coarse_oracle, fine_oracle, paper_plans
+
+    plans = paper_plans(cysts=False)
+    image = np.full((60, 120, 120), -LEVEL_HU, np.int16)  # background
+    image[20:40, 30:70, 20:50] = 0  # one 'kidney' (label 1 encoded as 0 HU)
+    spacing = (2.0, 1.0, 1.0)
+    fine_calls = []
+
+    def fine(x):
+        fine_calls.append(x.shape)
+        return fine_oracle(3)(x)
+
+    coarse_shape = shape_at_spacing(image.shape, spacing, plans.stage(COARSE).spacing_mm)
+    phase_one = case_input_bytes(image.shape, image.itemsize, 1) + network_stage_bytes(image.shape, coarse_shape, 2)
+    predictor = Predictor(plans, [coarse_oracle], [fine], memory=MemoryBudget(phase_one))
+    predictor.require_memory("scan.nii.gz", image.shape, spacing, image.itemsize)  # the header check passes
+    with pytest.raises(KitssegError, match=r"scan.nii.gz: the fine stage \(kidney VOIs\) needs"):
+        predictor.predict_array(image, spacing, source="scan.nii.gz")
+    assert not fine_calls  # stopped before the fine network ran
+    with pytest.raises(KitssegError, match="scan.nii.gz: prediction needs"):
+        Predictor(plans, [coarse_oracle], [fine], memory=MemoryBudget(phase_one - 1)).require_memory(
+            "scan.nii.gz", image.shape, spacing, image.itemsize)
+    result = Predictor(plans, [coarse_oracle], [fine], memory=MemoryBudget(50 * phase_one)).predict_array(
+        image, spacing)
+    assert result.kidneys_found == 1 and fine_calls
