@@ -184,7 +184,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="data-parallel processes launched with torchrun (DDP; gloo on CPU)")
     parser.add_argument("--continue", dest="resume", action="store_true",
-                        help="resume from checkpoint_latest.pt (model, optimizer, epoch, RNG, log)")
+                        help="resume from checkpoint_latest.pt (model, optimizer, epoch, RNG, log); "
+                             "starts afresh, with a warning, when there is none yet")
     parser.set_defaults(raw_argv=list(sys.argv[1:] if argv is None else argv))
     return _run(parser, _train, argv)
 
