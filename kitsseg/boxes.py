@@ -65,6 +65,11 @@ def grow_box(box: Box, margin_mm: Sequence[float], spacing_mm: Sequence[float],
     return tuple(out)
 
 
+def box_shape(box: Box) -> tuple[int, ...]:
+    """Voxels along each axis of a box."""
+    return tuple(s.stop - s.start for s in box)
+
+
 def box_to_list(box: Box) -> list[list[int]]:
     """JSON form: [[start, stop], ...] per axis."""
     return [[int(b.start), int(b.stop)] for b in box]

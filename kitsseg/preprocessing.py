@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from kitsseg.atomic import atomic_path, remove_leftovers, write_json
-from kitsseg.boxes import Box, box_from_list, box_to_list, grow_box
+from kitsseg.boxes import Box, box_from_list, box_shape, box_to_list, grow_box
 from kitsseg.dataset import DatasetInfo, RawCase, load_case
 from kitsseg.io import read_header
 from kitsseg.kidneys import kidney_boxes
@@ -86,12 +86,8 @@ def preprocess_fine(image, label, spacing_mm, stage: StagePlan, intensity: Inten
     return [_resample_box(image, label, box, spacing_mm, stage, intensity, label_values) for box in boxes]
 
 
-def _box_shape(box: Box) -> tuple[int, ...]:
-    return tuple(s.stop - s.start for s in box)
-
-
 def _fine_bytes(boxes: Sequence[Box], spacing_mm, stage: StagePlan) -> int:
-    return sum(stage_bytes(_box_shape(b), shape_at_spacing(_box_shape(b), spacing_mm, stage.spacing_mm))
+    return sum(stage_bytes(box_shape(b), shape_at_spacing(box_shape(b), spacing_mm, stage.spacing_mm))
                for b in boxes)
 
 

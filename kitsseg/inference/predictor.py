@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from kitsseg.boxes import box_shape
 from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.errors import KitssegError
 from kitsseg.inference.sliding_window import predict_volume, tile_for
@@ -144,7 +145,7 @@ class Predictor:
     def _require_voi_memory(self, source: object, image_hu: np.ndarray, spacing_mm, vois,
                             keep_unprocessed: bool, keep_probabilities: bool) -> None:
         fine = self.plans.stage(FINE)
-        crops = [tuple(s.stop - s.start for s in box) for box in vois]
+        crops = [box_shape(box) for box in vois]
         held = self._held_bytes(image_hu.shape, image_hu.itemsize, keep_unprocessed)
         if keep_probabilities:
             held += sum(voxels(c) * 2 * fine.num_classes for c in crops)
