@@ -7,6 +7,10 @@ held-out TEST_CASES and scores them with kits_evaluate (KiTS19 and KiTS23 metric
 
     python benchmarks/bench_accuracy.py --workdir bench_work/accuracy --budget-min 45 --device cpu
 
+Recipe tuning uses `--split validation` instead: it trains on the first 24 TRAIN_CASES and
+scores the other 6 (VALIDATION_CASES), never touching TEST_CASES; `--name` keeps each kitsseg
+variant as its own row (benchmarks/tune_recipe.py runs the variants).
+
 kitsseg splits its budget between the coarse and the fine stage (--coarse-share). nnU-Net
 trains with `nnUNetTrainer_TimeBudget` (benchmarks/nnunet_time_budget_trainer.py, its
 default trainer cut by the clock). Planning and preprocessing are not part of the budget
@@ -36,6 +40,8 @@ TRAIN_CASES = ["case_00004", "case_00007", "case_00009", "case_00010", "case_000
                "case_00054", "case_00055"]
 TEST_CASES = ["case_00056", "case_00057", "case_00058", "case_00061", "case_00062", "case_00064", "case_00065",
               "case_00069", "case_00070", "case_00074"]
+VALIDATION_CASES = TRAIN_CASES[24:]  # recipe tuning: fit on TRAIN_CASES[:24], score these
+SPLITS = {"test": (TRAIN_CASES, TEST_CASES), "validation": (TRAIN_CASES[:24], VALIDATION_CASES)}
 METHODS = ("kitsseg", "nnunet_3d_fullres", "nnunet_3d_lowres")
 NNUNET_ID, NNUNET_NAME = 502, "Dataset502_KiTS19Rendered"
 TRAINER = "nnUNetTrainer_TimeBudget"
@@ -63,14 +69,18 @@ def render(workdir: Path, cases: list[str], workers: int) -> Path:
     return rendered
 
 
-def prepare(workdir: Path, workers: int, test_cases: list[str]) -> None:
+def prepare(workdir: Path, workers: int, split: str, test_cases: list[str]) -> None:
     """Rendered cases -> a kitsseg/nnU-Net raw dataset of the training cases, and the test folders."""
-    rendered = render(workdir, TRAIN_CASES + test_cases, workers)
+    marker = workdir / "split.txt"  # a workdir holds one split: its dataset and test folder depend on it
+    if marker.exists() and marker.read_text().strip() != split:
+        raise SystemExit(f"{workdir} holds the {marker.read_text().strip()!r} split; use another --workdir")
+    train_cases = SPLITS[split][0]
+    rendered = render(workdir, train_cases + test_cases, workers)
     raw = workdir / "kitsseg_data" / "raw" / "KiTS19"
     if not (raw / "dataset.json").exists():
         source = workdir / "train_source"
         source.mkdir(exist_ok=True)
-        for case in TRAIN_CASES:
+        for case in train_cases:
             if not (source / case).exists():
                 (source / case).symlink_to((rendered / case).resolve())
         run(["kits_convert", "kits", source, "--data-root", workdir / "kitsseg_data", "--quiet"],
@@ -83,6 +93,7 @@ def prepare(workdir: Path, workers: int, test_cases: list[str]) -> None:
         for link, target in links.items():
             if not link.exists():
                 link.symlink_to(target.resolve())
+    marker.write_text(split + "\n")
 
 
 def evaluate(workdir: Path, method: str) -> dict:
@@ -90,6 +101,12 @@ def evaluate(workdir: Path, method: str) -> dict:
     run(["kits_evaluate", "-r", workdir / "test" / "labels", "-p", pred, "-o", workdir / "scores" / method,
          "--quiet"], workdir / f"evaluate_{method}.log")
     return json.loads((workdir / "scores" / method / "summary.json").read_text())["mean"]
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """kitsseg's training recipe, recorded with each of its rows."""
+    keys = ("preset", "coarse_share", "lr", "loss", "lesion_fraction", "augment")
+    return {"recipe": {k: Path(args.preset).name if k == "preset" else getattr(args, k) for k in keys}}
 
 
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
@@ -103,12 +120,13 @@ def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
         trained += run(["kits_train", stage, "all", *common, "--time-budget", args.budget_min * share,
                         "--epochs", 10 ** 6, "--iters-per-epoch", args.iters_per_epoch, "--val-iters", 4, "--lr", args.lr,
                         "--loss", args.loss, "--device", args.device, "--num-workers", args.workers,
-                        "--lesion-fraction", args.lesion_fraction, "--quiet"], workdir / f"kitsseg_train_{stage}.log")
-    pred = workdir / "predictions" / "kitsseg"
+                        "--lesion-fraction", args.lesion_fraction, "--augment", args.augment, "--quiet"],
+                       workdir / f"{args.name}_train_{stage}.log")
+    pred = workdir / "predictions" / args.name
     shutil.rmtree(pred, ignore_errors=True)
     seconds = run(["kits_predict", "-i", workdir / "test" / "images", "-o", pred, *common, "-f", "all",
-                   "--device", args.device, "--quiet"], workdir / "kitsseg_predict.log")
-    return {"train_s": trained, "predict_s": seconds}
+                   "--device", args.device, "--quiet"], workdir / f"{args.name}_predict.log")
+    return {"train_s": trained, "predict_s": seconds, **recipe(args)}
 
 
 def _install_trainer() -> None:
@@ -153,8 +171,10 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=45.0, help="training minutes per method (default: 45)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--split", choices=SPLITS, default="test", help="test: train on the 30 TRAIN_CASES, "
+                        "score TEST_CASES; validation (recipe tuning): train on 24 of them, score the other 6")
     parser.add_argument("--test-cases", type=int, default=len(TEST_CASES),
-                        help="use the first N held-out cases (default: all 10)")
+                        help="use the first N held-out cases (default: all of the split)")
     parser.add_argument("-np", "--workers", type=int, default=2, help="processes for rendering, preprocessing "
                         "and data augmentation, the same for every method (default: 2)")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
@@ -162,6 +182,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="kitsseg: initial learning rate")
     parser.add_argument("--loss", default="gdice_ce", help="kitsseg: training loss")
     parser.add_argument("--lesion-fraction", type=float, default=0.33, help="kitsseg: crops centred on lesions")
+    parser.add_argument("--augment", type=float, default=1.0, help="kitsseg: augmentation strength")
+    parser.add_argument("--name", default="kitsseg", help="kitsseg: row name, to keep recipe variants apart")
     parser.add_argument("--iters-per-epoch", type=int, default=100, help="kitsseg: iterations per epoch (each "
                         "epoch restarts the augmentation workers)")
     parser.add_argument("--nnunet-step-size", type=float, default=0.5, help="nnU-Net sliding-window step")
@@ -169,18 +191,20 @@ def main() -> None:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "predictions").mkdir(exist_ok=True)
-    test_cases = TEST_CASES[: args.test_cases]
-    prepare(workdir, args.workers, test_cases)
+    train_cases, test_cases = SPLITS[args.split][0], SPLITS[args.split][1][: args.test_cases]
+    prepare(workdir, args.workers, args.split, test_cases)
+    names = [args.name if m == "kitsseg" else m for m in args.methods]
     results = workdir / "results.json"  # rows of earlier runs in this workdir are kept unless re-run
-    rows = [r for r in (json.loads(results.read_text()) if results.exists() else []) if r["method"] not in args.methods]
-    for method in args.methods:
+    rows = [r for r in (json.loads(results.read_text()) if results.exists() else []) if r["method"] not in names]
+    for method, name in zip(args.methods, names):
         times = kitsseg(workdir, args) if method == "kitsseg" else nnunet(workdir, args, method[len("nnunet_"):])
-        scores = evaluate(workdir, method) if "note" not in times else {}
-        rows.append({"method": method, "budget_min": args.budget_min, "device": args.device,
+        scores = evaluate(workdir, name) if "note" not in times else {}
+        rows.append({"method": name, "budget_min": args.budget_min, "device": args.device,
                      "test_cases": len(test_cases), **times, **scores})
         results.write_text(json.dumps(rows, indent=2))
-    print(f"machine: {machine_description()}; {len(TRAIN_CASES)} training cases, held-out cases as listed "
-          f"(rendered images: synthetic intensities on real KiTS19 geometry, not KiTS19 results)")
+    print(f"machine: {machine_description()}; {args.split} split: {len(train_cases)} training cases, "
+          f"{len(test_cases)} held-out cases as listed (rendered images: synthetic intensities on real KiTS19 "
+          f"geometry, not KiTS19 results)")
     header = ("method", "budget min", "device", "test cases", "kidney Dice", "tumour Dice", "KiTS19 composite",
               "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
