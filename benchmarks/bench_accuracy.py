@@ -152,17 +152,37 @@ def nnunet(workdir: Path, args: argparse.Namespace, configuration: str) -> dict:
     if configuration not in json.loads(plans.read_text())["configurations"]:
         return {"note": f"nnU-Net planned no {configuration} for this dataset"}
     _install_trainer()
-    shutil.rmtree(base / "results" / NNUNET_NAME / f"{TRAINER}__nnUNetPlans__{configuration}",
-                  ignore_errors=True)
-    trained = run(["nnUNetv2_train", NNUNET_ID, configuration, "all", "-tr", TRAINER, "-device", args.device],
-                  workdir / f"nnunet_train_{configuration}.log", env)
+    trained_dir = base / "results" / NNUNET_NAME / f"{TRAINER}__nnUNetPlans__{configuration}"
+    record = workdir / f"nnunet_train_{configuration}.json"  # written once the training has finished
     pred = workdir / "predictions" / f"nnunet_{configuration}"
-    shutil.rmtree(pred, ignore_errors=True)
+    if args.resume and record.exists() and (trained_dir / "fold_all" / "checkpoint_final.pth").exists():
+        trained = json.loads(record.read_text())["train_s"]
+        _drop_unreadable(pred)
+    else:
+        shutil.rmtree(trained_dir, ignore_errors=True)
+        shutil.rmtree(pred, ignore_errors=True)
+        trained = run(["nnUNetv2_train", NNUNET_ID, configuration, "all", "-tr", TRAINER, "-device", args.device],
+                      workdir / f"nnunet_train_{configuration}.log", env)
+        record.write_text(json.dumps({"train_s": trained}))
+    images = len(list((workdir / "test" / "images").glob("*.nii.gz")))
+    done = len(list(pred.glob("*.nii.gz"))) if pred.exists() else 0
     seconds = run(["nnUNetv2_predict", "-i", workdir / "test" / "images", "-o", pred, "-d", NNUNET_ID,
                    "-c", configuration, "-f", "all", "-tr", TRAINER, "--disable_tta", "-device", args.device,
-                   "-step_size", args.nnunet_step_size, "-npp", 1, "-nps", 1],
+                   "-step_size", args.nnunet_step_size, "-npp", 1, "-nps", 1, "--continue_prediction"],
                   workdir / f"nnunet_predict_{configuration}.log", env)
-    return {"train_s": trained, "predict_s": seconds}
+    return {"train_s": trained, "predict_s": seconds, "predicted_cases": images - done}
+
+
+def _drop_unreadable(folder: Path) -> None:
+    """Delete predictions that a killed run left half-written (nnU-Net writes them in place)."""
+    from kitsseg.errors import KitssegError
+    from kitsseg.io import check_nifti_complete
+
+    for path in folder.glob("*.nii.gz"):
+        try:
+            check_nifti_complete(path)
+        except KitssegError:
+            path.unlink()
 
 
 def main() -> None:
@@ -187,6 +207,9 @@ def main() -> None:
     parser.add_argument("--iters-per-epoch", type=int, default=100, help="kitsseg: iterations per epoch (each "
                         "epoch restarts the augmentation workers)")
     parser.add_argument("--nnunet-step-size", type=float, default=0.5, help="nnU-Net sliding-window step")
+    parser.add_argument("--resume", action="store_true", help="nnU-Net: reuse a finished training in this workdir "
+                        "and predict only the test cases a stopped run left unpredicted (the inference time "
+                        "then counts those cases)")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +238,7 @@ def main() -> None:
             continue
         sd = "/".join(f"{row[f'{r}_sd']:.3f}" for r in ("kidney", "masses", "tumor"))
         print(f"{start} {row['kidney_dice']:.3f} | {row['tumor_dice']:.3f} | {row['composite_kits19']:.3f} | {sd} | "
-              f"{row['predict_s'] / row['test_cases']:.1f} | {row['train_s']:.0f} |")
+              f"{row['predict_s'] / row.get('predicted_cases', row['test_cases']):.1f} | {row['train_s']:.0f} |")
 
 
 if __name__ == "__main__":
