@@ -105,8 +105,8 @@ def evaluate(workdir: Path, method: str) -> dict:
 
 def recipe(args: argparse.Namespace) -> dict:
     """kitsseg's training recipe, recorded with each of its rows."""
-    keys = ("preset", "coarse_share", "lr", "loss", "lesion_fraction", "augment")
-    return {"recipe": {k: Path(args.preset).name if k == "preset" else getattr(args, k) for k in keys}}
+    return {"recipe": {"preset": Path(args.preset).name, "coarse_share": args.coarse_share, "lr": args.lr,
+                       "loss": args.loss, "lesion_fraction": args.lesion_fraction, "augment": args.augment}}
 
 
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--augment", type=float, default=1.0, help="kitsseg: augmentation strength")
     parser.add_argument("--name", default="kitsseg", help="kitsseg: row name, to keep recipe variants apart")
     parser.add_argument("--iters-per-epoch", type=int, default=100, help="kitsseg: iterations per epoch (each "
-                        "epoch restarts the augmentation workers)")
+                        "ends with a validation pass and a checkpoint)")
     parser.add_argument("--nnunet-step-size", type=float, default=0.5, help="nnU-Net sliding-window step")
     parser.add_argument("--resume", action="store_true", help="nnU-Net: reuse a finished training in this workdir "
                         "and predict only the test cases a stopped run left unpredicted (the inference time "
