@@ -5,7 +5,7 @@ defaults) and is trained with the same budget on the first 24 TRAIN_CASES, then 
 the other 6 (VALIDATION_CASES); the held-out TEST_CASES are never used. Rendered images:
 synthetic intensities on real KiTS19 geometry, the figures compare recipes only.
 
-    python benchmarks/tune_recipe.py --workdir bench_work/tuning --budget-min 12
+    python benchmarks/tune_recipe.py --workdir bench_work/tuning --budget-min 10
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ VARIANTS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tuning")
-    parser.add_argument("--budget-min", type=float, default=12.0, help="training minutes per variant (default: 12)")
+    parser.add_argument("--budget-min", type=float, default=10.0, help="training minutes per variant (default: 10)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("-np", "--workers", type=int, default=2)
     args = parser.parse_args()
