@@ -3,9 +3,12 @@
 Each variant below changes one thing against the baseline recipe (bench_accuracy.py's
 defaults) and is trained with the same budget on the first 24 TRAIN_CASES, then scored on
 the other 6 (VALIDATION_CASES); the held-out TEST_CASES are never used. Rendered images:
-synthetic intensities on real KiTS19 geometry, the figures compare recipes only.
+synthetic intensities on real KiTS19 geometry, the figures compare recipes only. Greedy: once a
+change is kept, `--base` tests the remaining ones on top of it (rows named "base+variant").
 
     python benchmarks/tune_recipe.py --workdir bench_work/tuning --budget-min 10
+    python benchmarks/tune_recipe.py --workdir bench_work/tuning --base lr_1e-2 --variants lesion_0.5 ...
+    python benchmarks/tune_recipe.py --workdir bench_work/tuning --variants lr_1e-2 baseline --tag _repeat
 """
 from __future__ import annotations
 
@@ -31,21 +34,24 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tuning")
     parser.add_argument("--budget-min", type=float, default=10.0, help="training minutes per variant (default: 10)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--base", choices=VARIANTS, default="baseline", help="a kept variant that the others are "
+                        "applied on top of (default: the baseline recipe)")
+    parser.add_argument("--tag", default="", help="suffix for the row names, e.g. _repeat to rerun a variant "
+                        "unchanged and see the run-to-run spread")
     parser.add_argument("-np", "--workers", type=int, default=2)
     args = parser.parse_args()
     bench = Path(__file__).with_name("bench_accuracy.py")
     for name in args.variants:
+        row = (name if args.base in ("baseline", name) else f"{args.base}+{name}") + args.tag
         subprocess.run([sys.executable, bench, "--workdir", args.workdir, "--split", "validation", "--methods",
-                        "kitsseg", "--name", name, "--budget-min", str(args.budget_min), "-np", str(args.workers),
-                        *VARIANTS[name]], check=True, stdout=subprocess.DEVNULL)
-    rows = {r["method"]: r for r in json.loads((args.workdir / "results.json").read_text())}
-    print("| variant | change | budget min | kidney Dice | tumour Dice | KiTS19 composite | train wall s |")
+                        "kitsseg", "--name", row, "--budget-min", str(args.budget_min), "-np", str(args.workers),
+                        *VARIANTS[args.base], *VARIANTS[name]], check=True, stdout=subprocess.DEVNULL)
+    print("| variant | recipe | budget min | kidney Dice | tumour Dice | KiTS19 composite | train wall s |")
     print("|---|---|---|---|---|---|---|")
-    for name in VARIANTS:
-        if name in rows:
-            r = rows[name]
-            print(f"| {name} | {' '.join(VARIANTS[name]) or '-'} | {r['budget_min']:g} | {r['kidney_dice']:.3f} | "
-                  f"{r['tumor_dice']:.3f} | {r['composite_kits19']:.3f} | {r['train_s']:.0f} |")
+    for r in json.loads((args.workdir / "results.json").read_text()):
+        recipe = " ".join(f"{k}={v}" for k, v in r["recipe"].items())
+        print(f"| {r['method']} | {recipe} | {r['budget_min']:g} | {r['kidney_dice']:.3f} | {r['tumor_dice']:.3f} | "
+              f"{r['composite_kits19']:.3f} | {r['train_s']:.0f} |")
 
 
 if __name__ == "__main__":
