@@ -225,8 +225,8 @@ def predict_main(argv: list[str] | None = None) -> int:
                         help="auto = CUDA when available (default)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
     parser.add_argument("--no-postprocess", action="store_true",
-                        help="keep every connected kidney component (default: the largest per VOI, "
-                             "or what postprocessing.json decided)")
+                        help="keep every connected kidney component (default: one per VOI, the one "
+                             "the coarse stage found, or what postprocessing.json decided)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probabilities.npz (fine-stage probabilities inside each VOI) "

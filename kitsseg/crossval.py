@@ -2,8 +2,8 @@
 decide postprocessing as nnU-Net does.
 
 ROOT/results/NAME/crossval/{unprocessed,postprocessed}/<case>.nii.gz with per_case.csv and
-summary.json in each; ROOT/results/NAME/postprocessing.json holds the decision: keep the
-largest kidney component only if the pooled mean Dice improves and no region gets worse.
+summary.json in each; ROOT/results/NAME/postprocessing.json holds the decision: keep one
+kidney component per VOI (postprocessing.py) only if the pooled mean Dice improves and no region gets worse.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def trained_folds(results: Path) -> list[str]:
 
 
 def decide_postprocessing(unprocessed: dict, postprocessed: dict) -> bool:
-    """Keep the largest component only if mean Dice over regions improves and no region worsens."""
+    """Keep one component per VOI only if mean Dice over regions improves and no region worsens."""
     before = [unprocessed["mean"][c] for c in DICE_COLUMNS]
     after = [postprocessed["mean"][c] for c in DICE_COLUMNS]
     return sum(after) > sum(before) and all(a >= b - 1e-9 for a, b in zip(after, before))

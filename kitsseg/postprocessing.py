@@ -1,4 +1,8 @@
-"""Postprocessing of label maps: keep the largest connected kidney component.
+"""Postprocessing of label maps: keep one connected kidney component per VOI.
+
+The kept component is the one the coarse stage found (most voxels inside its kidney mask),
+the largest among equals: an under-trained fine net can label a false region larger than the
+kidney inside a VOI, and keeping the largest would keep that region and drop the kidney.
 
 Tumour and cyst voxels belong to the kidney region (label > 0), so dropping a component
 drops its masses too: masses survive only inside kept kidney components.
@@ -34,20 +38,27 @@ class PostprocessConfig:
         return asdict(self)
 
 
-def keep_largest_component(labels: np.ndarray) -> np.ndarray:
-    """Zero every connected (26-neighbour) component of `labels > 0` except the largest.
+def keep_kidney_component(labels: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
+    """Zero every connected (26-neighbour) component of `labels > 0` but one: the one with most
+    voxels in `support` (the coarse stage's kidney mask on the same grid), the largest among
+    equals; without `support`, the largest.
 
-    >>> keep_largest_component(np.array([[[1, 2, 0, 1]]])).tolist()
+    >>> keep_kidney_component(np.array([[[1, 2, 0, 1]]])).tolist()
     [[[1, 2, 0, 0]]]
+    >>> keep_kidney_component(np.array([[[1, 2, 0, 1]]]), support=np.array([[[0, 0, 0, 1]]])).tolist()
+    [[[0, 0, 0, 1]]]
     """
     components, count = ndi.label(labels > 0, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return labels
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return np.where(components == np.argmax(sizes), labels, 0).astype(labels.dtype)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    overlap = (np.bincount(components.ravel(), weights=support.ravel(), minlength=count + 1)
+               if support is not None else np.zeros(count + 1))
+    sizes[0], overlap[0] = -1, -1
+    keep = np.lexsort((sizes, overlap))[-1]
+    return np.where(components == keep, labels, 0).astype(labels.dtype)
 
 
-def postprocess(labels: np.ndarray, config: PostprocessConfig) -> np.ndarray:
-    """Apply the configured postprocessing to one VOI's labels."""
-    return keep_largest_component(labels) if config.keep_largest_kidney_component else labels
+def postprocess(labels: np.ndarray, config: PostprocessConfig, support: np.ndarray | None = None) -> np.ndarray:
+    """Apply the configured postprocessing to one VOI's labels (`support`: the coarse kidney mask there)."""
+    return keep_kidney_component(labels, support) if config.keep_largest_kidney_component else labels

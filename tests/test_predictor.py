@@ -12,6 +12,7 @@ import torch
 from kitsseg.checkpoint import save_checkpoint
 from kitsseg.fingerprint import Fingerprint
 from kitsseg.inference.predictor import Predictor
+from kitsseg.inference.voi import coarse_mask_in_box
 from kitsseg.network.vbnet import VBNet
 from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, load_preset, plan_experiment
 
@@ -94,6 +95,30 @@ def test_no_kidney_gives_an_empty_map():
     predictor = Predictor(plans, [nothing], [fine_oracle(3)])
     result = predictor.predict_array(np.zeros((30, 40, 40), np.int16), (2.0, 1.0, 1.0))
     assert result.kidneys_found == 0 and not result.labels.any()
+
+
+def test_coarse_mask_in_box_repeats_each_coarse_voxel_over_the_original_voxels_it_covers():
+    mask = np.random.default_rng(0).random((2, 2, 2)) > 0.5
+    upsampled = np.repeat(np.repeat(np.repeat(mask, 2, 0), 3, 1), 2, 2)  # original grid (4, 6, 4)
+    box = (slice(1, 4), slice(2, 6), slice(0, 3))
+    assert np.array_equal(coarse_mask_in_box(mask, box, (4, 6, 4)), upsampled[box])
+
+
+def test_postprocessing_keeps_the_component_the_coarse_stage_found_not_the_largest():
+    hu = np.full((40, 40, 40), -150, np.int16)  # background: level 0
+    hu[16:24, 10:16, 10:16] = 0  # the kidney (level 1): the coarse oracle finds it
+    hu[:, :, 19:] = -120  # level 0.2: the coarse oracle ignores it, the fine 'network' below calls it kidney
+
+    def fine(x):
+        kidney = (decode(x) > 0.1).float()
+        return torch.cat([1 - kidney, kidney, torch.zeros_like(kidney)], 1) * 20
+
+    result = Predictor(paper_plans(cysts=False), [coarse_oracle], [fine]).predict_array(
+        hu, (2.0, 2.0, 2.0), keep_unprocessed=True)
+    kidney = hu == 0
+    assert result.kidneys_found == 1
+    assert (result.unprocessed[:, :, 19:] > 0).sum() > (result.unprocessed[kidney] > 0).sum() > 0  # false region larger
+    assert dice(result.labels > 0, kidney) > 0.9 and not result.labels[:, :, 19:].any()
 
 
 @pytest.mark.parametrize("relative", ["real-ct/example_ct.nii.gz", "real-ct/example_ct_dicom"])

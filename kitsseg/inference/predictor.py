@@ -20,7 +20,7 @@ from kitsseg.boxes import box_shape
 from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.errors import KitssegError
 from kitsseg.inference.sliding_window import predict_volume, tile_for
-from kitsseg.inference.voi import find_vois
+from kitsseg.inference.voi import coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, to_canonical, to_sitk
 from kitsseg.memory import MemoryBudget, case_input_bytes, grid_argmax_bytes, network_stage_bytes, voxels
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
@@ -175,7 +175,7 @@ class Predictor:
             crop_shape = image_hu[box].shape
             probabilities = self.fine_probabilities(image_hu[box], spacing_mm)
             raw = self.labels_on_grid(probabilities, crop_shape)
-            paste(result.labels, box, postprocess(raw, self.postprocess))
+            paste(result.labels, box, postprocess(raw, self.postprocess, coarse_mask_in_box(mask, box, image_hu.shape)))
             if keep_unprocessed:
                 paste(result.unprocessed, box, raw)
             if keep_probabilities:

@@ -20,6 +20,12 @@ def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape
     return tuple(out)
 
 
+def coarse_mask_in_box(kidney_mask: np.ndarray, box: Box, original_shape: Sequence[int]) -> np.ndarray:
+    """The coarse mask on the original voxels of `box` (nearest coarse voxel, same convention as above)."""
+    index = [np.arange(b.start, b.stop) * m // n for b, m, n in zip(box, kidney_mask.shape, original_shape)]
+    return kidney_mask[np.ix_(*index)]
+
+
 def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], original_shape: Sequence[int],
               original_spacing_mm: Sequence[float], margin_mm: Sequence[float],
               max_kidneys: int = MAX_KIDNEYS, min_kidney_ml: float = MIN_KIDNEY_ML) -> list[Box]:
