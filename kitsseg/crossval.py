@@ -3,7 +3,8 @@ decide postprocessing as nnU-Net does.
 
 ROOT/results/NAME/crossval/{unprocessed,postprocessed}/<case>.nii.gz with per_case.csv and
 summary.json in each; ROOT/results/NAME/postprocessing.json holds the decision: keep one
-kidney component per VOI (postprocessing.py) only if the pooled mean Dice improves and no region gets worse.
+kidney component per VOI (postprocessing.py) only if the pooled mean Dice improves and no
+region gets worse.
 """
 from __future__ import annotations
 
