@@ -120,3 +120,45 @@ def test_splits_are_five_seeded_folds(tmp_path):
     assert load_or_create_splits(path, ids) == splits
     with pytest.warns(UserWarning, match="keeping the file"):
         assert load_or_create_splits(path, ids[:10]) == splits  # never silently changed
+    hand_made = [{"train": ids[2:], "val": ids[:2]}] + [{"train": ids[:2], "val": ids[2:]}]
+    path.write_text(json.dumps(hand_made))
+    before = path.read_bytes()
+    assert load_or_create_splits(path, ids) == hand_made and path.read_bytes() == before  # never rewritten
+
+
+CASES_210 = [f"case_{i:05d}" for i in range(210)]
+# unsorted, mixed case (code-point order puts "KiTS" before "case"), unpadded numbers
+ODD_37 = [f"{'KiTS' if i % 3 == 0 else 'case'}-{i * 7 % 101}{'b' if i % 4 == 0 else ''}" for i in range(37)]
+
+
+def _nnunet_splits(ids):
+    """nnU-Net v2: do_split sorts with np.sort, generate_crossval_split runs KFold(5, shuffle, 12345)."""
+    from sklearn.model_selection import KFold
+
+    keys = np.sort(list(ids))
+    return [{"train": keys[tr].tolist(), "val": keys[te].tolist()}
+            for tr, te in KFold(n_splits=5, shuffle=True, random_state=12345).split(keys)]
+
+
+@pytest.mark.parametrize("ids", [CASES_210, ODD_37], ids=["210 cases", "37 odd ids"])
+def test_splits_equal_nnunet_v2_kfold(ids):
+    pytest.importorskip("sklearn.model_selection", reason="scikit-learn is needed to run nnU-Net's KFold")
+    from kitsseg.training.splits import make_splits
+
+    assert make_splits(ids) == _nnunet_splits(ids)
+
+
+def test_splits_known_values_of_nnunet_rule():
+    """Values computed once with nnU-Net v2's rule (sklearn KFold); runs without scikit-learn."""
+    from kitsseg.training.splits import make_splits
+
+    splits = make_splits(CASES_210)
+    assert [len(f["val"]) for f in splits] == [42] * 5
+    assert splits[0]["val"][:10] == ["case_00014", "case_00016", "case_00017", "case_00019", "case_00020",
+                                     "case_00027", "case_00030", "case_00033", "case_00047", "case_00049"]
+    assert [f["val"][0] for f in splits] == ["case_00014", "case_00002", "case_00004", "case_00000", "case_00001"]
+    assert splits[3]["train"][:3] == ["case_00001", "case_00002", "case_00004"]
+    odd = make_splits(ODD_37)
+    assert [len(f["val"]) for f in odd] == [8, 8, 7, 7, 7]
+    assert odd[0]["val"] == ["KiTS-0b", "KiTS-25", "KiTS-29", "KiTS-42", "KiTS-88", "case-28b", "case-49", "case-53"]
+    assert odd[4]["val"] == ["KiTS-21", "case-18", "case-36", "case-7", "case-91", "case-95b", "case-98"]

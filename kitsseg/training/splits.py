@@ -16,14 +16,25 @@ SPLIT_SEED = 12345
 
 
 def make_splits(case_ids: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
-    """Seeded shuffled k-fold over the sorted ids; every case is validated exactly once."""
+    """nnU-Net v2's folds: sklearn KFold(shuffle=True, random_state=seed) over the sorted ids.
+
+    The index order is shuffled by ``np.random.RandomState(seed)``; fold k validates the next
+    ``n // num_folds`` (+1 for the first ``n % num_folds`` folds) shuffled indices. Both lists keep
+    the sorted order, as nnU-Net writes them.
+    """
     ids = sorted(case_ids)
     if len(ids) < num_folds:
         raise KitssegError(f"{len(ids)} cases are too few for {num_folds}-fold cross-validation")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    folds = np.array_split(order, num_folds)
-    return [{"train": sorted(ids[i] for i in order if i not in set(fold)),
-             "val": sorted(ids[i] for i in fold)} for fold in folds]
+    order = np.arange(len(ids))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(num_folds, len(ids) // num_folds)
+    sizes[:len(ids) % num_folds] += 1
+    splits = []
+    for fold in np.split(order, np.cumsum(sizes)[:-1]):
+        val = set(fold.tolist())
+        splits.append({"train": [c for i, c in enumerate(ids) if i not in val],
+                       "val": [c for i, c in enumerate(ids) if i in val]})
+    return splits
 
 
 def load_or_create_splits(path: Path, case_ids: Sequence[str]) -> list[dict]:
