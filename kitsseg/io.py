@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,11 +132,22 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     return max(offset, 352) + n_voxels * bitpix // 8
 
 
+def _gunzipped_size(path: Path) -> int:
+    """Uncompressed size of all gzip members of a file together (decompresses it once)."""
+    size = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            size += len(chunk)
+    return size
+
+
 def check_nifti_complete(path: Path) -> None:
     """Raise if a NIfTI file is shorter than its header says (SimpleITK zero-fills silently).
 
     For `.nii.gz` the gzip trailer's uncompressed size (modulo 2**32) is compared with
-    the size the header implies, which costs two small reads.
+    the size the header implies, which costs two small reads. The trailer counts only the
+    last gzip member, so on a mismatch (a multi-member file, or a damaged one) the whole
+    file is decompressed and counted.
     """
     if path.name.endswith(".nii.gz"):
         try:
@@ -149,9 +161,15 @@ def check_nifti_complete(path: Path) -> None:
         expected = _nifti_expected_bytes(header)
         if expected is None:
             raise KitssegError(f"{path}: not a NIfTI file (bad header)")
-        if stored != expected % 2**32:
-            raise KitssegError(f"{path}: truncated or corrupt .nii.gz (header implies "
-                               f"{expected} bytes, gzip trailer says {stored})")
+        if stored == expected % 2**32:
+            return
+        try:
+            size = _gunzipped_size(path)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise KitssegError(f"{path}: truncated or corrupt .nii.gz ({exc})") from None
+        if size < expected:
+            raise KitssegError(f"{path}: truncated .nii.gz (header implies {expected} bytes, "
+                               f"it holds {size})")
     elif path.suffix == ".nii":
         with open(path, "rb") as f:
             expected = _nifti_expected_bytes(f.read(540))

@@ -100,6 +100,36 @@ def test_truncated_but_valid_gzip_stream_is_detected(tmp_path):
         kio.read_image(path)
 
 
+def _multi_member(tmp_path, array):
+    """A .nii.gz made of two concatenated gzip members (valid gzip; zlib and SimpleITK read it)."""
+    payload = gzip.decompress(_nifti(tmp_path, array, "single.nii.gz").read_bytes())
+    half = len(payload) // 2
+    return gzip.compress(payload[:half]) + gzip.compress(payload[half:])
+
+
+def test_multi_member_gzip_loads(tmp_path):
+    array = np.random.default_rng(1).normal(size=(20, 30, 30)).astype(np.float32)
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(_multi_member(tmp_path, array))
+    assert np.array_equal(sitk.GetArrayFromImage(kio.read_image(path)), array)
+
+
+@pytest.mark.parametrize("cut", ["bytes", "payload"])
+def test_truncated_multi_member_gzip_is_detected(tmp_path, cut):
+    array = np.random.default_rng(1).normal(size=(20, 30, 30)).astype(np.float32)
+    data = _multi_member(tmp_path, array)
+    if cut == "payload":  # every member complete, the last one short of the header's size
+        payload = gzip.decompress(data)
+        data = gzip.compress(payload[:1000]) + gzip.compress(payload[1000:-1000])
+    else:
+        data = data[: len(data) * 3 // 4]
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(data)
+    with pytest.raises(KitssegError, match="truncated") as info:
+        kio.read_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_truncated_plain_nifti_is_detected(tmp_path):
     path = _nifti(tmp_path, np.ones((10, 10, 10), np.int16), "x.nii")
     path.write_bytes(path.read_bytes()[:-100])
