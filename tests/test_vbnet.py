@@ -1,16 +1,25 @@
 import pytest
 import torch
 
+from kitsseg.fingerprint import Fingerprint
 from kitsseg.network.vbnet import VBNet, parameter_megabytes
-from kitsseg.planning import NetworkConfig
+from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, NetworkConfig, load_preset, plan_experiment
 
 
-@pytest.mark.parametrize("num_classes", [2, 4])
-def test_default_topology_is_under_9_mb(num_classes):
-    network = VBNet(NetworkConfig(num_classes=num_classes))
-    params = sum(p.numel() for p in network.parameters())
-    assert 2.0e6 < params < 2.3e6  # the published VB-Net: about 2.17 M
-    assert parameter_megabytes(network) <= 9.0
+@pytest.mark.parametrize("labels", [{"background": 0, "kidney": 1, "tumor": 2},
+                                    {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}])
+def test_paper_preset_networks_have_the_exact_parameter_count(labels):
+    """By hand: stem 464, down blocks 963,904, up blocks 1,049,440, head 33 per class."""
+    fingerprint = Fingerprint(cases={}, median_spacing_mm=(3.0, 0.8, 0.8), median_shape=(80, 512, 512),
+                              foreground_intensity={"mean": 0.0, "std": 1.0, "percentile_00_5": 0.0,
+                                                    "percentile_99_5": 1.0},
+                              kidney_size_mm={"median": [110.0, 80.0, 75.0]}, label_values=(0, 1, 2))
+    plans = plan_experiment(fingerprint, "K", labels, load_preset(DEFAULT_PRESET))
+    for stage in (COARSE, FINE):
+        network = VBNet(plans.stage(stage).network)
+        num_classes = plans.stage(stage).num_classes
+        assert sum(p.numel() for p in network.parameters()) == 2_013_808 + 33 * num_classes
+        assert parameter_megabytes(network) < 9.0  # 8.06 MB (7.68 MiB)
 
 
 def test_residual_units_are_bottlenecks_from_64_channels():
