@@ -9,8 +9,16 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from kitsseg import __version__
 from kitsseg.errors import KitssegError, use_one_line_warnings
-from kitsseg.paths import DEFAULT_DATASET, DatasetPaths, resolve_data_root
+from kitsseg.paths import DEFAULT_DATASET, DatasetPaths, resolve_data_root, resolve_dataset_name
+
+
+def _parser(**kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser with `--version`."""
+    parser = argparse.ArgumentParser(**kwargs)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def _add_common(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
@@ -18,13 +26,20 @@ def _add_common(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
         parser.add_argument("--data-root", metavar="ROOT",
                             help="data root (default: $KITSSEG_DATA, else ./kitsseg_data)")
         parser.add_argument("-d", "--dataset", default=DEFAULT_DATASET, metavar="NAME",
-                            help=f"dataset name under ROOT/raw (default: {DEFAULT_DATASET})")
+                            help=f"dataset folder under ROOT/raw, or its nnU-Net ID (220 finds "
+                                 f"Dataset220_*) (default: {DEFAULT_DATASET})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
 
 
+def _arguments(args: argparse.Namespace) -> dict:
+    """The parsed arguments as plain JSON values (for kitsseg_run.json)."""
+    return {k: v for k, v in vars(args).items() if k not in ("quiet", "debug", "raw_argv")}
+
+
 def _dataset_paths(args: argparse.Namespace) -> DatasetPaths:
-    return DatasetPaths(resolve_data_root(args.data_root), args.dataset)
+    root = resolve_data_root(args.data_root)
+    return DatasetPaths(root, resolve_dataset_name(root, args.dataset))
 
 
 def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int | None],
@@ -68,7 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def convert_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_convert", description="Convert a source dataset into the raw format "
         "ROOT/raw/NAME/{dataset.json, imagesTr, labelsTr}.")
     sub = parser.add_subparsers(dest="source", required=True)
@@ -109,7 +124,7 @@ def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
     from kitsseg.plan_and_preprocess import STEPS
     from kitsseg.planning import DEFAULT_PRESET
 
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_plan_and_preprocess",
         description="Fingerprint a raw dataset, write plans.json, and cache both stages as .npz "
                     "(coarse: whole scan; fine: kidney regions only) plus splits_final.json.")
@@ -154,7 +169,7 @@ def _launch_torchrun(num_processes: int, argv: list[str]) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_train", description="Train one stage and one cross-validation fold of the VB-Net cascade "
         "into ROOT/results/NAME/STAGE/fold_K (checkpoints, training_log.csv, progress.png).")
     parser.add_argument("stage", choices=["3d_coarse", "3d_fine"], help="which network of the cascade")
@@ -201,7 +216,7 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess,
                                          MemoryBudget.resolve(args.memory_gb))
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
-                            args.save_probabilities, args.overlays)
+                            args.save_probabilities, args.overlays, _arguments(args))
     print(f"predictions and summary.csv in {args.output}")
     if failed:
         print(f"error: {failed} case(s) failed (see summary.csv)", file=sys.stderr)
@@ -209,7 +224,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_predict", description="Segment kidneys, tumours and cysts with the trained cascade: coarse "
         "VB-Net on the whole scan, fine VB-Net in each kidney VOI, folds ensembled. Writes <case>.nii.gz "
         "(uint8: 0 background, 1 kidney, 2 tumour, 3 cyst; the input's exact geometry) and summary.csv.")
@@ -248,7 +263,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_evaluate", description="Score label maps against references with the KiTS19 metrics "
         "(kidney Dice on label > 0, tumour Dice on label 2, their mean) and the KiTS21/23 ones (Dice, surface "
         "Dice, HD95, volume error for kidney {1,2,3}, masses {2,3}, tumour {2}). Cases match by id.")
@@ -271,7 +286,7 @@ def _crossval(args: argparse.Namespace) -> int:
 
 
 def crossval_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_crossval", description="Predict each fold's validation cases with the full cascade, pool them "
         "in ROOT/results/NAME/crossval, evaluate, and write the postprocessing decision to "
         "ROOT/results/NAME/postprocessing.json (which kits_predict follows).")
@@ -293,7 +308,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def ensemble_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_ensemble", description="Average the probabilities that several kits_predict "
         "--save-probabilities runs wrote, then argmax and postprocess.")
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="DIR", help="prediction folders")
@@ -322,7 +337,7 @@ def _overlay(args: argparse.Namespace) -> int:
 
 
 def overlay_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_overlay", description="Draw axial and coronal slices through each kidney with label "
         "contours into a PNG: prediction solid (green kidney, red tumour, blue cyst), reference dashed "
         "(yellow, magenta, cyan).")
@@ -342,7 +357,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def demo_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="kits_demo", description="The whole method end to end on a laptop CPU: phantom data, planning, "
         "preprocessing, training both VB-Nets within a time budget, cascade prediction of held-out cases, "
         "evaluation and overlays. Writes WORKDIR/summary.json.")

@@ -12,6 +12,7 @@ from kitsseg.atomic import write_json
 from kitsseg.errors import KitssegError
 from kitsseg.io import CaseProperties, load_volume, read_properties
 from kitsseg.label_stats import label_histogram
+from kitsseg.labels import ClassMap, class_map_from_labels, label_file_values
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -24,7 +25,7 @@ class DatasetInfo:
     """The parts of dataset.json the pipeline uses."""
 
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     num_training: int
     file_ending: str
 
@@ -42,9 +43,7 @@ class DatasetInfo:
         if missing:
             raise KitssegError(f"{path}: missing key(s) {', '.join(missing)}")
         labels = data["labels"]
-        if (not isinstance(labels, dict) or labels.get("background") != 0
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values())):
-            raise KitssegError(f"{path}: 'labels' must map names to integers, with background = 0")
+        class_map_from_labels(labels, str(path))  # one clear line for label sets the cascade cannot learn
         if not isinstance(data["numTraining"], int) or not isinstance(data["file_ending"], str):
             raise KitssegError(f"{path}: 'numTraining' must be an integer and 'file_ending' a string")
         return cls(dict(data["channel_names"]), dict(labels), data["numTraining"], data["file_ending"])
@@ -58,7 +57,11 @@ class DatasetInfo:
 
     @property
     def label_values(self) -> set[int]:
-        return set(self.labels.values())
+        return label_file_values(self.labels)
+
+    @property
+    def classes(self) -> ClassMap:
+        return class_map_from_labels(self.labels)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import numpy as np
 from kitsseg.atomic import write_json
 from kitsseg.errors import KitssegError
 from kitsseg.fingerprint import Fingerprint
+from kitsseg.labels import ClassMap, class_map_from_labels
 
 PLANS_VERSION = 1
 COARSE, FINE = "3d_coarse", "3d_fine"
 STAGES = (COARSE, FINE)
-FINE_CLASS_NAMES = ("background", "kidney", "tumor", "cyst")
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper.json"
 
 
@@ -79,16 +79,25 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Plans:
+    """`labels` as dataset.json gives them; `classes` the fine stage's classes (organ, lesions) and
+    the label-file value of each (plans written before `classes` existed derive them from `labels`)."""
+
     version: int
     dataset_name: str
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     intensity: IntensityConfig
     stages: dict[str, StagePlan] = field(default_factory=dict)
+    classes: ClassMap | None = None
+
+    def __post_init__(self):
+        if self.classes is None:
+            object.__setattr__(self, "classes", class_map_from_labels(self.labels, "plans"))
 
     def to_dict(self) -> dict:
         data = asdict(self)
         for stage in data["stages"].values():
             stage["num_classes"] = len(stage["class_names"])
+        data["classes"] = self.classes.to_dict()
         return _lists(data)
 
     @classmethod
@@ -100,9 +109,10 @@ class Plans:
             for name, stage in data["stages"].items():
                 stage = {k: v for k, v in stage.items() if k != "num_classes"}
                 stages[name] = _build(StagePlan, {**stage, "network": _build(NetworkConfig, stage["network"])})
+            classes = ClassMap.from_dict(data["classes"]) if "classes" in data else None
             return cls(PLANS_VERSION, str(data["dataset_name"]), dict(data["labels"]),
-                       _build(IntensityConfig, data["intensity"]), stages)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                       _build(IntensityConfig, data["intensity"]), stages, classes)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise KitssegError(f"{source}: invalid plans ({type(exc).__name__}: {exc})") from None
 
     def stage(self, name: str) -> StagePlan:
@@ -212,7 +222,7 @@ def voi_margin_mm(kidney_median_mm, coarse_spacing_mm) -> tuple[float, float, fl
     return tuple(float(np.ceil(max(2 * c, 0.1 * k))) for k, c in zip(kidney_median_mm, coarse_spacing_mm))
 
 
-def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict[str, int], preset: dict,
+def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, preset: dict,
                     normalization: str | None = None, gpu_memory_gb: float = 8.0) -> Plans:
     """Plans for a dataset from its fingerprint and a preset (see plans/README.md)."""
     intensity = _build(IntensityConfig, preset.get("intensity", {}))
@@ -227,7 +237,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict[st
     stage_presets = preset.get("stages", {})
     coarse_spacing = tuple(float(v) for v in stage_presets.get(COARSE, {}).get("spacing_mm", (6, 6, 6)))
     margin = voi_margin_mm(fingerprint.kidney_size_mm["median"], coarse_spacing)
-    fine_names = tuple(n for n in FINE_CLASS_NAMES if n == "background" or labels.get(n) is not None)
+    classes = class_map_from_labels(labels)
     extents_mm = {
         COARSE: np.asarray(fingerprint.median_shape) * np.asarray(fingerprint.median_spacing_mm),
         FINE: np.asarray(fingerprint.kidney_size_mm["median"]) + 2 * np.asarray(margin),
@@ -235,7 +245,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict[st
     stages = {}
     for name in STAGES:
         stage_preset = stage_presets.get(name, {})
-        class_names = ("background", "kidney_region") if name == COARSE else fine_names
+        class_names = ("background", f"{classes.organ}_region") if name == COARSE else classes.names
         network = _build(NetworkConfig, {**stage_preset.get("network", {}), "num_classes": len(class_names)})
         spacing = tuple(float(v) for v in stage_preset.get("spacing_mm", (6, 6, 6) if name == COARSE else (1, 1, 1)))
         patch = _shrink_patch(stage_preset.get("patch_size", (96, 96, 96)),
@@ -243,5 +253,5 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict[st
         batch = stage_preset.get("batch_size") or batch_size_for_budget(network, patch, gpu_memory_gb)
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
                                  margin if name == FINE else (0.0, 0.0, 0.0))
-    return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages)
+    return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

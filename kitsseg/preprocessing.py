@@ -6,7 +6,8 @@ cases in parallel and skips those already up to date.
 
 Coarse: the whole scan at the coarse spacing -> `3d_coarse/<case>.npz`.
 Fine: each kidney's box plus `voi_margin_mm` at the fine spacing -> `3d_fine/<case>_voi<k>.npz`.
-Arrays: `image` float16 `(z, y, x)` normalised, `label` uint8 (original label values).
+Arrays: `image` float16 `(z, y, x)` normalised, `label` uint8 class indices (`plans.classes`:
+the label-file values mapped to 0 background, 1 organ, 2... lesions; KiTS keeps its values).
 """
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Pat
         coarse_shape = shape_at_spacing(props.shape, props.spacing_mm, plans.stage(COARSE).spacing_mm)
         memory.require(case.image, held + stage_bytes(props.shape, coarse_shape), "preprocessing")
     image, label, props = load_case(case, info)
-    label_values = sorted(info.label_values)
+    if not plans.classes.is_identity:
+        label = plans.classes.to_class_indices(label)
+    label_values = list(range(len(plans.classes.names)))
     written = {}
     for name in todo:
         stage = plans.stage(name)

@@ -22,6 +22,15 @@ def test_help(command):
     assert "--quiet" in result.stdout or "{kits,phantom}" in result.stdout
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_version(command):
+    import kitsseg
+
+    result = run(command, "--version")
+    assert result.returncode == 0 and result.stdout.strip().endswith(f" {kitsseg.__version__}")
+    assert kitsseg.__version__ == __import__("importlib.metadata").metadata.version("kitsseg")
+
+
 def test_convert_phantom_then_bad_source(tmp_path):
     result = run("kits_convert", "phantom", "-n", "2", "--shape", "16", "32", "32",
                  "--data-root", str(tmp_path), "-d", "Tiny", "--quiet")

@@ -1,5 +1,7 @@
 """The cascade with oracle 'networks' (images whose intensities encode the labels), fake folds,
 untrained tiny checkpoints, and the kits_predict command."""
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -14,7 +16,8 @@ from kitsseg.fingerprint import Fingerprint
 from kitsseg.inference.predictor import Predictor
 from kitsseg.inference.voi import coarse_mask_in_box
 from kitsseg.network.vbnet import VBNet
-from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, load_preset, plan_experiment
+from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, Plans, load_preset, plan_experiment
+from kitsseg.provenance import plans_hash
 
 LEVEL_HU = 150.0  # label L is painted as L * 150 - 150 HU: inside the [-200, 500] window
 
@@ -155,7 +158,6 @@ def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_ra
         stage["network"].update(stem_channels=4, down_channels=[8, 16, 32, 64], up_channels=[64, 32, 16, 8],
                                 bottleneck_min_channels=16)
         stage["patch_size"] = [32, 32, 32]
-    from kitsseg.planning import Plans
     tiny_checkpoints(tmp_path / "models", Plans.from_dict(plans_data))
     inputs = tmp_path / "in put ü"  # spaces and non-ASCII in paths
     inputs.mkdir()
@@ -170,7 +172,7 @@ def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_ra
     assert result.returncode == 1
     assert "broken_0000.nii.gz: truncated" in result.stderr and "Traceback" not in result.stderr
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "cyst_ml", "seconds"]
+    assert list(summary.columns) == ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "seconds"]
     assert sorted(summary["case"]) == ["broken", "case_00000", "case_00001"]
     assert summary.set_index("case").loc["broken", "status"].startswith("error:")
     for case in ("case_00000", "case_00001"):
@@ -178,7 +180,23 @@ def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_ra
         src = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
         assert pred.GetSize() == src.GetSize() and pred.GetPixelID() == sitk.sitkUInt8
     assert not (out / "broken.nii.gz").exists()
-    # a second run skips what exists
+    run_record = json.loads((out / "kitsseg_run.json").read_text())
+    assert run_record["folds"] == ["0"] and run_record["arguments"]["output"] == str(out)
+    assert [c["sha256"] for c in run_record["checkpoints"]] == [
+        hashlib.sha256((tmp_path / "models" / stage / "fold_0" / "checkpoint_final.pt").read_bytes()).hexdigest()
+        for stage in ("3d_coarse", "3d_fine")]
+    assert run_record["plans_sha256"] == plans_hash(Plans.from_dict(plans_data))
+    # a second run keeps what exists, with the volumes the first run measured
+    first = summary.set_index("case")
     again = subprocess.run(command, capture_output=True, text=True)
-    assert "skipped" in pd.read_csv(out / "summary.csv").set_index("case").loc["case_00000", "status"]
+    second = pd.read_csv(out / "summary.csv").set_index("case")
     assert again.returncode == 1
+    for case in ("case_00000", "case_00001"):
+        assert second.loc[case, "status"] == first.loc[case, "status"]
+        assert second.loc[case, ["kidney_ml", "tumor_ml"]].tolist() == first.loc[case, ["kidney_ml", "tumor_ml"]].tolist()
+    # after a killed run (no summary row yet), the volumes are read back from the kept label map
+    (out / "summary.csv").unlink()
+    subprocess.run(command, capture_output=True, text=True)
+    third = pd.read_csv(out / "summary.csv").set_index("case")
+    assert third.loc["case_00001", "status"] == "ok: output of a previous run"
+    assert third.loc["case_00001", ["kidney_ml", "tumor_ml"]].tolist() == first.loc["case_00001", ["kidney_ml", "tumor_ml"]].tolist()

@@ -19,12 +19,13 @@ from kitsseg.atomic import atomic_path, write_json
 from kitsseg.boxes import box_from_list, box_to_list
 from kitsseg.errors import KitssegError
 from kitsseg.io import CaseProperties, save_label_map
+from kitsseg.labels import ClassMap
 from kitsseg.postprocessing import PostprocessConfig, postprocess
 
 SUFFIX = "_probabilities"
 
 
-def save_probabilities(entries: list, props: CaseProperties, class_names, out_dir: Path, case_id: str) -> None:
+def save_probabilities(entries: list, props: CaseProperties, classes: ClassMap, out_dir: Path, case_id: str) -> None:
     """`<case>_probabilities.npz` (box_k, probabilities_k) and a JSON sidecar with geometry and classes."""
     arrays = {}
     for k, (box, probabilities) in enumerate(entries):
@@ -33,11 +34,12 @@ def save_probabilities(entries: list, props: CaseProperties, class_names, out_di
     with atomic_path(out_dir / f"{case_id}{SUFFIX}.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    write_json({"properties": props.to_dict(), "class_names": list(class_names), "num_vois": len(entries)},
+    write_json({"properties": props.to_dict(), "class_names": list(classes.names),
+                "label_values": list(classes.label_values), "num_vois": len(entries)},
                out_dir / f"{case_id}{SUFFIX}.json")
 
 
-def load_probabilities(folder: Path, case_id: str) -> tuple[CaseProperties, list[str], list]:
+def load_probabilities(folder: Path, case_id: str) -> tuple[CaseProperties, ClassMap, list]:
     try:
         meta = json.loads((folder / f"{case_id}{SUFFIX}.json").read_text())
         with np.load(folder / f"{case_id}{SUFFIX}.npz", allow_pickle=False) as data:
@@ -45,7 +47,9 @@ def load_probabilities(folder: Path, case_id: str) -> tuple[CaseProperties, list
                        for k in range(meta["num_vois"])]
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise KitssegError(f"{folder / case_id}{SUFFIX}.npz: cannot read probabilities ({exc})") from None
-    return CaseProperties.from_dict(meta["properties"]), meta["class_names"], entries
+    names = meta["class_names"]
+    classes = ClassMap(tuple(names), tuple(meta.get("label_values", range(len(names)))))
+    return CaseProperties.from_dict(meta["properties"]), classes, entries
 
 
 def _overlaps(a, b) -> bool:
@@ -66,14 +70,14 @@ def _clusters(boxes: list) -> list:
 
 def ensemble_case(folders: list[Path], case_id: str, config: PostprocessConfig) -> tuple[np.ndarray, CaseProperties]:
     models = [load_probabilities(f, case_id) for f in folders]
-    props, class_names = models[0][0], models[0][1]
-    for folder, (p, names, _) in zip(folders, models):
-        if p != props or names != class_names:
+    props, classes = models[0][0], models[0][1]
+    for folder, (p, other, _) in zip(folders, models):
+        if p != props or other != classes:
             raise KitssegError(f"{folder / case_id}{SUFFIX}.json: geometry or classes differ from {folders[0]}")
     labels = np.zeros(props.shape, np.uint8)
     for cluster in _clusters([box for _, _, entries in models for box, _ in entries]):
         size = [b.stop - b.start for b in cluster]
-        total = np.zeros((len(class_names), *size), np.float32)
+        total = np.zeros((len(classes.names), *size), np.float32)
         for _, _, entries in models:
             own = np.zeros_like(total)
             own[0] = 1.0
@@ -83,7 +87,7 @@ def ensemble_case(folders: list[Path], case_id: str, config: PostprocessConfig) 
                     own[(slice(None), *local)] = probabilities
             total += own
         labels[cluster] = postprocess(total.argmax(0).astype(np.uint8), config)
-    return labels, props
+    return classes.to_label_values(labels), props
 
 
 def ensemble_folders(folders: list[Path], out_dir: Path, config: PostprocessConfig, quiet: bool = False) -> int:

@@ -35,7 +35,7 @@ CHECKPOINT = "checkpoint_final.pt"
 
 @dataclass
 class CascadeResult:
-    labels: np.ndarray  # canonical (z, y, x) uint8, postprocessed
+    labels: np.ndarray  # canonical (z, y, x) uint8 label-file values, postprocessed
     kidneys_found: int
     unprocessed: np.ndarray | None = None
     probabilities: list = field(default_factory=list)  # [(box, (C, *box shape) float16), ...]
@@ -56,6 +56,8 @@ class Predictor:
             raise KitssegError("the cascade needs at least one coarse and one fine model")
         self.plans, self.coarse_models, self.fine_models = plans, list(coarse_models), list(fine_models)
         self.device, self.tta, self.postprocess, self.memory = torch.device(device), tta, postprocess, memory
+        self.folds: list[str] = []  # where the models came from (from_model_dir), for kitsseg_run.json
+        self.checkpoints: list[Path] = []
 
     @classmethod
     def from_model_dir(cls, model_dir: Path | str, folds: Sequence[str] | None = None, device: str = "auto",
@@ -69,18 +71,20 @@ class Predictor:
             folds = sorted(found[0] & found[1])
             if not folds:
                 raise KitssegError(f"{model_dir}: no fold has a {CHECKPOINT} for both {COARSE} and {FINE}")
-        models, plans = {COARSE: [], FINE: []}, None
+        models, plans, checkpoints = {COARSE: [], FINE: []}, None, []
         for stage in (COARSE, FINE):
             for fold in folds:
-                network, fold_plans, _ = network_from_checkpoint(model_dir / stage / f"fold_{fold}" / CHECKPOINT,
-                                                                 torch_device)
+                checkpoints.append(model_dir / stage / f"fold_{fold}" / CHECKPOINT)
+                network, fold_plans, _ = network_from_checkpoint(checkpoints[-1], torch_device)
                 if plans is not None and fold_plans.intensity != plans.intensity:
                     raise KitssegError(f"{model_dir}: fold {fold} of {stage} was trained with other plans")
                 plans = fold_plans
                 models[stage].append(network)
         if postprocess is None:
             postprocess = PostprocessConfig.load(model_dir / "postprocessing.json")
-        return cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory)
+        predictor = cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory)
+        predictor.folds, predictor.checkpoints = list(folds), checkpoints
+        return predictor
 
     # ---- stages -------------------------------------------------------------------------------
     def _probabilities(self, models: Sequence[PredictFn], stage: StagePlan, image: np.ndarray) -> np.ndarray:
@@ -181,6 +185,15 @@ class Predictor:
             if keep_probabilities:
                 back = np.stack([resample(p, crop_shape).astype(np.float16) for p in probabilities])
                 result.probabilities.append((box, back))
+        return self._as_label_values(result)
+
+    def _as_label_values(self, result: CascadeResult) -> CascadeResult:
+        """Class indices -> the values the dataset's label files use (KiTS: unchanged)."""
+        classes = self.plans.classes
+        if not classes.is_identity:
+            result.labels = classes.to_label_values(result.labels)
+            if result.unprocessed is not None:
+                result.unprocessed = classes.to_label_values(result.unprocessed)
         return result
 
     def predict(self, image: sitk.Image) -> sitk.Image:

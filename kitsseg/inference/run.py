@@ -1,7 +1,7 @@
 """kits_predict over many inputs: list cases, predict each, write label maps and summary.csv.
 
 A failing case is reported (stderr and summary.csv) and the others go on; existing
-outputs are skipped unless `overwrite`; inputs are never written.
+outputs are kept (with their summary rows) unless `overwrite`; inputs are never written.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from kitsseg.inference.ensemble import save_probabilities as save_probabilities_
 from kitsseg.inference.predictor import Predictor
 from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, read_header, save_label_map
 from kitsseg.label_stats import label_histogram
-from kitsseg.planning import FINE
+from kitsseg.labels import ClassMap
+from kitsseg.provenance import write_run_record
 from kitsseg.visualization import overlay_png
 
-SUMMARY_COLUMNS = ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "cyst_ml", "seconds"]
 
 
 def _is_dicom_folder(folder: Path) -> bool:
@@ -50,11 +50,16 @@ def list_inputs(source: Path) -> list[tuple[str, Path]]:
     return [(case_id_of(p), p) for p in items]
 
 
-def _volumes_ml(labels: np.ndarray, spacing_mm) -> dict[str, float]:
+def summary_columns(classes: ClassMap) -> list[str]:
+    return ["case", "status", "kidneys_found", *[f"{name}_ml" for name in classes.names[1:]], "seconds"]
+
+
+def volumes_ml(labels: np.ndarray, spacing_mm, classes: ClassMap) -> dict[str, float]:
+    """Volume of each foreground class (e.g. kidney_ml, tumor_ml, cyst_ml)."""
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     counts = label_histogram(labels)
-    return {"kidney_ml": round(counts[1] * voxel_ml, 2), "tumor_ml": round(counts[2] * voxel_ml, 2),
-            "cyst_ml": round(counts[3] * voxel_ml, 2)}
+    return {f"{name}_ml": round(float(counts[value]) * voxel_ml, 2)
+            for name, value in zip(classes.names[1:], classes.label_values[1:])}
 
 
 def predict_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool = False,
@@ -69,34 +74,59 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
                                      source=source)
     case_id = target.name[: -len(".nii.gz")]
     if save_probabilities:
-        save_probabilities_npz(result.probabilities, props, predictor.plans.stage(FINE).class_names,
-                               target.parent, case_id)
+        save_probabilities_npz(result.probabilities, props, predictor.plans.classes, target.parent, case_id)
     if overlay:
         overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
     save_label_map(result.labels, props, target)
     status = "ok" if result.kidneys_found else "warning: no kidney found"
     return {"status": status, "kidneys_found": result.kidneys_found,
-            **_volumes_ml(result.labels, props.spacing_mm), "seconds": round(time.perf_counter() - start, 2)}
+            **volumes_ml(result.labels, props.spacing_mm, predictor.plans.classes),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _existing_row(case_id: str, target: Path, previous: dict[str, dict], classes: ClassMap) -> dict:
+    """The summary row of an output a previous run wrote: its row, else volumes read from the file."""
+    row = previous.get(case_id)
+    if row is not None and str(row.get("status", "")).startswith(("ok", "warning")):
+        return row
+    labels, props = load_volume(target, np.uint8)
+    return {"case": case_id, "status": "ok: output of a previous run", **volumes_ml(labels, props.spacing_mm, classes)}
+
+
+def _previous_rows(summary: Path) -> dict[str, dict]:
+    try:
+        table = pd.read_csv(summary, dtype={"case": str})
+    except (OSError, ValueError):
+        return {}
+    return {row["case"]: {k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")}
 
 
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
-                   quiet: bool = False, save_probabilities: bool = False, overlays: bool = False) -> int:
-    """Predict every input; return the number of failed cases."""
+                   quiet: bool = False, save_probabilities: bool = False, overlays: bool = False,
+                   arguments: dict | None = None) -> int:
+    """Predict every input; return the number of failed cases.
+
+    summary.csv is rewritten after each case; outputs kept from a previous run keep their rows.
+    `arguments` (the command's) go into kitsseg_run.json with the plans, folds and checkpoints.
+    """
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir)  # a killed run's partial files are never taken as outputs
+    write_run_record(out_dir, predictor.plans, predictor.folds, predictor.checkpoints, arguments or {})
+    summary, classes = out_dir / "summary.csv", predictor.plans.classes
+    previous = _previous_rows(summary)
     rows, failed = [], 0
     for case_id, path in tqdm(inputs, desc="predict", disable=quiet, unit="case"):
         target = out_dir / f"{case_id}.nii.gz"
-        if target.exists() and not overwrite:
-            rows.append({"case": case_id, "status": "skipped: output exists"})
-            continue
         try:
-            rows.append({"case": case_id, **predict_case(predictor, path, target, save_probabilities, overlays)})
+            if target.exists() and not overwrite:
+                rows.append(_existing_row(case_id, target, previous, classes))
+            else:
+                rows.append({"case": case_id, **predict_case(predictor, path, target, save_probabilities, overlays)})
         except KitssegError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             rows.append({"case": case_id, "status": f"error: {exc}"})
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(tmp, index=False)
+        with atomic_path(summary) as tmp:
+            pd.DataFrame(rows, columns=summary_columns(classes)).to_csv(tmp, index=False)
     return failed
