@@ -23,6 +23,7 @@ from kitsseg.io import load_volume, save_label_map
 from kitsseg.paths import DatasetPaths
 from kitsseg.planning import STAGES
 from kitsseg.postprocessing import PostprocessConfig
+from kitsseg.provenance import write_run_record
 
 DICE_COLUMNS = [f"{region}_dice" for region in REGIONS]
 
@@ -49,13 +50,17 @@ def run_crossval(paths: DatasetPaths, folds: Sequence[str] | None = None, device
     images = {c.case_id: c.image for c in cases}
     out = paths.results / "crossval"
     folders = {"unprocessed": out / "unprocessed", "postprocessed": out / "postprocessed"}
+    checkpoints = []
     for fold in folds:
         predictor = Predictor.from_model_dir(paths.results, [fold], device, postprocess=PostprocessConfig(True))
+        checkpoints += predictor.checkpoints
         for case_id in tqdm(splits[int(fold)]["val"], desc=f"crossval fold {fold}", disable=quiet, unit="case"):
             image_hu, props = load_volume(images[case_id])
             result = predictor.predict_array(image_hu, props.spacing_mm, keep_unprocessed=True)
             save_label_map(result.unprocessed, props, folders["unprocessed"] / f"{case_id}.nii.gz")
             save_label_map(result.labels, props, folders["postprocessed"] / f"{case_id}.nii.gz")
+    for folder in folders.values():
+        write_run_record(folder, predictor.plans, folds, checkpoints, {"command": "kits_crossval", "device": device})
     validated = {c for fold in folds for c in splits[int(fold)]["val"]}
     references = out / "references"
     references.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ def test_crossval_writes_pooled_evaluation_and_decision(two_folds):
         assert sorted(p.name[:-7] for p in folder.glob("*.nii.gz")) == validated
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["num_cases"] == len(validated)
+        run_record = json.loads((folder / "kitsseg_run.json").read_text())
+        assert run_record["folds"] == ["0", "1"] and len(run_record["checkpoints"]) == 4
     written = json.loads((two_folds.results / "postprocessing.json").read_text())
     assert written == decision and isinstance(written["keep_largest_kidney_component"], bool)
     predictor = Predictor.from_model_dir(two_folds.results, device="cpu")
