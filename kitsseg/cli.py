@@ -266,13 +266,15 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser = _parser(
         prog="kits_evaluate", description="Score label maps against references with the KiTS19 metrics "
         "(kidney Dice on label > 0, tumour Dice on label 2, their mean) and the KiTS21/23 ones (Dice, surface "
-        "Dice, HD95, volume error for kidney {1,2,3}, masses {2,3}, tumour {2}). Cases match by id.")
+        "Dice as the official scorer computes it, HD95, volume error for kidney {1,2,3}, masses {2,3}, "
+        "tumour {2}). Cases match by id.")
     parser.add_argument("-r", "--ref", required=True, help="folder of reference label maps")
     parser.add_argument("-p", "--pred", required=True, help="folder of predicted label maps")
     parser.add_argument("-o", "--output", help="where per_case.csv and summary.json go (default: PRED)")
     parser.add_argument("--metrics", choices=["kits19", "kits23", "all"], default="all",
-                        help="kits19: kidney/tumour Dice and composite; kits23: every region and metric; "
-                             "all (default): both")
+                        help="kits19: kidney/tumour Dice and composite; kits23: the official KiTS23 scorer's "
+                             "columns (caseID, Dice_* and SD_* for kidney/masses/tumor); all (default): "
+                             "every region's Dice, surface Dice, HD95 and volume error, and the composite")
     _add_common(parser, dataset=False)
     return _run(parser, _evaluate, argv)
 
