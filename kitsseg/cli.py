@@ -70,14 +70,15 @@ def _convert(args: argparse.Namespace) -> int:
     paths = _dataset_paths(args)
     if args.source == "kits":
         from dataset_conversion.kits import convert_kits
-        case_ids, failed = convert_kits(Path(args.src), paths.raw, quiet=args.quiet)
-        if failed:
-            print(f"error: {len(failed)} case(s) not converted: {', '.join(failed)}", file=sys.stderr)
+        result = convert_kits(Path(args.src), paths.raw, quiet=args.quiet)
+        print(f"wrote {len(result.training)} training cases and {len(result.test)} test images to {paths.raw}")
+        if result.failed:
+            print(f"error: {len(result.failed)} case(s) not converted: {', '.join(result.failed)}", file=sys.stderr)
             return 1
-    else:
-        from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
-        config = PhantomConfig(shape=tuple(args.shape))
-        case_ids = write_phantom_dataset(paths.raw, args.num_cases, args.seed, config, quiet=args.quiet)
+        return 0
+    from dataset_conversion.phantom import PhantomConfig, write_phantom_dataset
+    config = PhantomConfig(shape=tuple(args.shape))
+    case_ids = write_phantom_dataset(paths.raw, args.num_cases, args.seed, config, quiet=args.quiet)
     print(f"wrote {len(case_ids)} cases to {paths.raw}")
     return 0
 
@@ -85,9 +86,10 @@ def _convert(args: argparse.Namespace) -> int:
 def convert_main(argv: list[str] | None = None) -> int:
     parser = _parser(
         prog="kits_convert", description="Convert a source dataset into the raw format "
-        "ROOT/raw/NAME/{dataset.json, imagesTr, labelsTr}.")
+        "ROOT/raw/NAME/{dataset.json, imagesTr, labelsTr, imagesTs}.")
     sub = parser.add_subparsers(dest="source", required=True)
-    kits = sub.add_parser("kits", help="official KiTS19/21/23 layout (SRC/case_XXXXX/imaging.nii.gz)")
+    kits = sub.add_parser("kits", help="official KiTS19/21/23 layout (SRC/case_XXXXX/imaging.nii.gz); cases "
+                          "without segmentation.nii.gz (the test set) go to imagesTs")
     kits.add_argument("src", metavar="SRC", help="folder holding case_XXXXX folders (or data/case_XXXXX)")
     _add_common(kits)
     phantom = sub.add_parser("phantom", help="procedural CT phantoms with kidneys, tumours and cysts")
