@@ -103,10 +103,28 @@ def evaluate(workdir: Path, method: str) -> dict:
     return json.loads((workdir / "scores" / method / "summary.json").read_text())["mean"]
 
 
-def recipe(args: argparse.Namespace) -> dict:
-    """kitsseg's training recipe, recorded with each of its rows."""
-    return {"recipe": {"preset": Path(args.preset).name, "coarse_share": args.coarse_share, "lr": args.lr,
-                       "loss": args.loss, "lesion_fraction": args.lesion_fraction, "augment": args.augment}}
+RECIPE_FLAGS = {"lr": "--lr", "loss": "--loss", "lesion_fraction": "--lesion-fraction",
+                "augment_strength": "--augment", "iters_per_epoch": "--iters-per-epoch"}
+
+
+def recipe_flags(args: argparse.Namespace, stage: str) -> list:
+    """kits_train flags for the recipe changes asked for; none by default, so the row measures the
+    preset's recipe exactly as a user gets it from plans.json. The time budget is passed only when
+    --budget-min or --coarse-share make it differ from the preset's."""
+    preset = json.loads(Path(args.preset).read_text())["stages"][stage].get("training", {})
+    flags = [[flag, getattr(args, name)] for name, flag in RECIPE_FLAGS.items() if getattr(args, name) is not None]
+    share = args.coarse_share if stage == "3d_coarse" else 1 - args.coarse_share
+    if abs(args.budget_min * share - preset.get("time_budget_min", 0.0)) > 1e-9:
+        flags.append(["--time-budget", args.budget_min * share, "--epochs", 10 ** 6])
+    return [item for flag in flags for item in flag]
+
+
+def used_recipe(root: Path, args: argparse.Namespace) -> dict:
+    """The recipe each stage was trained with, as its train_config.json recorded it."""
+    return {"recipe": {"preset": Path(args.preset).name, **{
+        stage: {k: v for k, v in json.loads((root / "results" / "KiTS19" / stage / "fold_all" / "train_config.json")
+                                            .read_text()).items() if k not in ("stage", "fold", "device")}
+        for stage in ("3d_coarse", "3d_fine")}}}
 
 
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
@@ -115,18 +133,15 @@ def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
     run(["kits_plan_and_preprocess", *common, "--preset", args.preset, "-np", args.workers, "--quiet"],
         workdir / "kitsseg_preprocess.log")
     trained = 0.0
-    for stage, share in (("3d_coarse", args.coarse_share), ("3d_fine", 1 - args.coarse_share)):
+    for stage in ("3d_coarse", "3d_fine"):
         shutil.rmtree(root / "results" / "KiTS19" / stage / "fold_all", ignore_errors=True)
-        trained += run(["kits_train", stage, "all", *common, "--time-budget", args.budget_min * share,
-                        "--epochs", 10 ** 6, "--iters-per-epoch", args.iters_per_epoch, "--val-iters", 4, "--lr", args.lr,
-                        "--loss", args.loss, "--device", args.device, "--num-workers", args.workers,
-                        "--lesion-fraction", args.lesion_fraction, "--augment", args.augment, "--quiet"],
-                       workdir / f"{args.name}_train_{stage}.log")
+        trained += run(["kits_train", stage, "all", *common, "--device", args.device, *recipe_flags(args, stage),
+                        "--quiet"], workdir / f"{args.name}_train_{stage}.log")
     pred = workdir / "predictions" / args.name
     shutil.rmtree(pred, ignore_errors=True)
     seconds = run(["kits_predict", "-i", workdir / "test" / "images", "-o", pred, *common, "-f", "all",
                    "--device", args.device, "--quiet"], workdir / f"{args.name}_predict.log")
-    return {"train_s": trained, "predict_s": seconds, **recipe(args)}
+    return {"train_s": trained, "predict_s": seconds, **used_recipe(root, args)}
 
 
 def _install_trainer() -> None:
@@ -199,13 +214,14 @@ def main() -> None:
                         "and data augmentation, the same for every method (default: 2)")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
     parser.add_argument("--coarse-share", type=float, default=0.25, help="kitsseg: budget share of the coarse stage")
-    parser.add_argument("--lr", type=float, default=3e-3, help="kitsseg: initial learning rate")
-    parser.add_argument("--loss", default="gdice_ce", help="kitsseg: training loss")
-    parser.add_argument("--lesion-fraction", type=float, default=0.33, help="kitsseg: crops centred on lesions")
-    parser.add_argument("--augment", type=float, default=1.0, help="kitsseg: augmentation strength")
+    recipe = "(default: the preset's recipe in plans.json)"
+    parser.add_argument("--lr", type=float, help=f"kitsseg: initial learning rate {recipe}")
+    parser.add_argument("--loss", help=f"kitsseg: training loss {recipe}")
+    parser.add_argument("--lesion-fraction", type=float, help=f"kitsseg: crops centred on lesions {recipe}")
+    parser.add_argument("--augment", dest="augment_strength", type=float, help=f"kitsseg: augmentation strength {recipe}")
     parser.add_argument("--name", default="kitsseg", help="kitsseg: row name, to keep recipe variants apart")
-    parser.add_argument("--iters-per-epoch", type=int, default=100, help="kitsseg: iterations per epoch (each "
-                        "ends with a validation pass and a checkpoint)")
+    parser.add_argument("--iters-per-epoch", type=int, help="kitsseg: iterations per epoch (each ends with a "
+                        f"validation pass and a checkpoint) {recipe}")
     parser.add_argument("--nnunet-step-size", type=float, default=0.5, help="nnU-Net sliding-window step")
     parser.add_argument("--resume", action="store_true", help="nnU-Net: reuse a finished training in this workdir "
                         "and predict only the test cases a stopped run left unpredicted (the inference time "

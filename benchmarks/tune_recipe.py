@@ -1,7 +1,6 @@
 """Tune kitsseg's training recipe on the validation split, one change at a time.
 
-Each variant below changes one thing against the baseline recipe (bench_accuracy.py's
-defaults) and is trained with the same budget on the first 24 TRAIN_CASES, then scored on
+Each variant below changes one thing against the baseline recipe (the preset's, from plans.json) and is trained with the same budget on the first 24 TRAIN_CASES, then scored on
 the other 6 (VALIDATION_CASES); the held-out TEST_CASES are never used. Rendered images:
 synthetic intensities on real KiTS19 geometry, the figures compare recipes only. Greedy: once a
 change is kept, `--base` tests the remaining ones on top of it (rows named "base+variant").
@@ -49,7 +48,8 @@ def main() -> None:
     print("| variant | recipe | budget min | kidney Dice | tumour Dice | KiTS19 composite | train wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in json.loads((args.workdir / "results.json").read_text()):
-        recipe = " ".join(f"{k}={v}" for k, v in r["recipe"].items())
+        fine = r["recipe"].get("3d_fine", r["recipe"])  # rows before the recipe moved into plans are flat
+        recipe = " ".join(f"{k}={fine[k]}" for k in ("loss", "lr", "lesion_fraction", "augment_strength") if k in fine)
         print(f"| {r['method']} | {recipe} | {r['budget_min']:g} | {r['kidney_dice']:.3f} | {r['tumor_dice']:.3f} | "
               f"{r['composite_kits19']:.3f} | {r['train_s']:.0f} |")
 

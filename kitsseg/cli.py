@@ -140,12 +140,17 @@ def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalization", choices=["window", "percentile"],
                         help="override the preset: 'window' = clip to window_hu, scale to [-1, 1]; "
                              "'percentile' = nnU-Net's CT scheme from the fingerprint")
-    parser.add_argument("--gpu-memory-gb", type=float, default=8.0,
-                        help="GPU memory budget that sets the batch size (default: 8)")
+    parser.add_argument("--gpu-memory-gb", type=float,
+                        help="GPU memory budget that sets the batch size (default: the visible GPU's memory, "
+                             "else 8)")
     _add_memory_budget(parser, "shared by the workers")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every step and case (default: skip what is up to date)")
     return _run(parser, _plan_and_preprocess, argv)
+
+
+RECIPE_FLAGS = ("epochs", "iters_per_epoch", "val_iters", "lr", "loss", "num_workers", "augment_strength",
+                "lesion_fraction", "outside_fraction", "time_budget_min")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,12 +158,10 @@ def _train(args: argparse.Namespace) -> int:
         return _launch_torchrun(args.num_gpus, args.raw_argv)
     from kitsseg.training.trainer import TrainConfig, train
 
-    config = TrainConfig(stage=args.stage, fold=args.fold, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-                         val_iters=args.val_iters, lr=args.lr, loss=args.loss, device=args.device,
-                         num_workers=args.num_workers, seed=args.seed, augment_strength=args.augment,
-                         lesion_fraction=args.lesion_fraction, outside_fraction=args.outside_fraction,
-                         time_budget_min=args.time_budget)
-    out = train(_dataset_paths(args), config, resume=args.resume, quiet=args.quiet)
+    paths = _dataset_paths(args)
+    overrides = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    config = TrainConfig.from_plans(paths, args.stage, args.fold, device=args.device, seed=args.seed, **overrides)
+    out = train(paths, config, resume=args.resume, quiet=args.quiet)
     print(f"trained model: {out}")
     return 0
 
@@ -178,31 +181,36 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("fold", choices=["0", "1", "2", "3", "4", "all"],
                         help="cross-validation fold from splits_final.json, or 'all' to train on every case")
     _add_common(parser)
-    parser.add_argument("--epochs", type=int, default=100, help="epochs (default: 100)")
-    parser.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default: 250)")
-    parser.add_argument("--val-iters", type=int, default=20, help="validation batches per epoch (default: 20)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate, AdamW, poly decay (default: 1e-3)")
-    parser.add_argument("--loss", choices=["gdice", "gdice_ce"], default="gdice",
-                        help="generalized Dice (the paper), or generalized Dice + cross-entropy")
+    recipe = "(default: the stage's training recipe in plans.json"
+    parser.add_argument("--epochs", type=int, help=f"epochs {recipe}, e.g. 100)")
+    parser.add_argument("--iters-per-epoch", type=int, help=f"training iterations per epoch {recipe}, e.g. 250)")
+    parser.add_argument("--val-iters", type=int, help=f"validation batches per epoch {recipe}, e.g. 20)")
+    parser.add_argument("--lr", type=float, help=f"initial learning rate, AdamW, poly decay {recipe}, e.g. 3e-3)")
+    parser.add_argument("--loss", choices=["gdice", "gdice_ce"],
+                        help=f"generalized Dice (the paper), or generalized Dice + cross-entropy {recipe}, "
+                             "e.g. gdice_ce)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto = CUDA when available (mixed precision, channels_last_3d), else CPU")
-    parser.add_argument("--num-workers", type=int, default=2,
-                        help="background augmentation processes; 0 = in the main process, deterministic (default: 2)")
+    parser.add_argument("--num-workers", type=int,
+                        help=f"background augmentation processes; 0 = in the main process, deterministic {recipe}: "
+                             "one per core, at most 12)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--augment", type=float, default=1.0, metavar="STRENGTH",
-                        help="augmentation strength, 0 turns it off (default: 1)")
-    parser.add_argument("--lesion-fraction", type=float, default=0.33,
-                        help="fine stage: share of crops centred on tumour/cyst voxels (default: 0.33)")
-    parser.add_argument("--outside-fraction", type=float, default=0.0,
+    parser.add_argument("--augment", dest="augment_strength", type=float, metavar="STRENGTH",
+                        help=f"augmentation strength, 0 turns it off {recipe}, e.g. 1)")
+    parser.add_argument("--lesion-fraction", type=float,
+                        help=f"fine stage: share of crops centred on tumour/cyst voxels {recipe}, e.g. 0.33)")
+    parser.add_argument("--outside-fraction", type=float,
                         help="fine stage: share of crops centred anywhere in the VOI rather than in the "
-                             "kidney mask (default: 0, the paper)")
-    parser.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES",
-                        help="train until this much wall-clock time is spent; the learning rate follows it")
+                             f"kidney mask {recipe}, e.g. 0, the paper)")
+    parser.add_argument("--time-budget", dest="time_budget_min", type=float, metavar="MINUTES",
+                        help="train until this much wall-clock time is spent; the learning rate follows it "
+                             f"{recipe}; 0 = by epochs)")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="data-parallel processes launched with torchrun (DDP; gloo on CPU)")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="resume from checkpoint_latest.pt (model, optimizer, epoch, RNG, log); "
-                             "starts afresh, with a warning, when there is none yet")
+                             "refused when the recipe differs from the checkpoint's; starts afresh, with a "
+                             "warning, when there is none yet")
     parser.set_defaults(raw_argv=list(sys.argv[1:] if argv is None else argv))
     return _run(parser, _train, argv)
 
@@ -218,7 +226,7 @@ def _predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess,
                                          MemoryBudget.resolve(args.memory_gb))
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
-                            args.save_probabilities, args.overlays, _arguments(args))
+                            args.save_probabilities, args.overlays, _arguments(args), args.profile)
     print(f"predictions and summary.csv in {args.output}")
     if failed:
         print(f"error: {failed} case(s) failed (see summary.csv)", file=sys.stderr)
@@ -249,6 +257,10 @@ def predict_main(argv: list[str] | None = None) -> int:
                         help="also write <case>_probabilities.npz (fine-stage probabilities inside each VOI) "
                              "for kits_ensemble")
     parser.add_argument("--overlays", action="store_true", help="also write <case>.png with contour overlays")
+    parser.add_argument("--profile", action="store_true",
+                        help="print each case's time and peak memory per stage (read, coarse resampling and "
+                             "network, VOIs, fine networks, back to the original grid, postprocessing, "
+                             "writing) and write them to OUT/profile.json")
     _add_memory_budget(parser, "per case")
     return _run(parser, _predict, argv)
 

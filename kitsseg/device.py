@@ -1,4 +1,4 @@
-"""Choosing the torch device from a --device flag."""
+"""Choosing the torch device from a --device flag, and what the visible GPU offers."""
 from __future__ import annotations
 
 import torch
@@ -13,3 +13,10 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise KitssegError("--device cuda: no CUDA device is available")
     return torch.device(name)
+
+
+def gpu_memory_gb() -> float | None:
+    """Total memory of the first visible CUDA device (GB), or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1024 ** 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -9,16 +10,32 @@ from kitsseg.dataset import check_geometry, list_cases, read_properties
 from kitsseg.errors import KitssegError
 from kitsseg.fingerprint import Fingerprint, extract_fingerprint, save_fingerprint
 from kitsseg.paths import DatasetPaths
-from kitsseg.planning import DEFAULT_PRESET, load_plans, load_preset, plan_experiment, save_plans
+from kitsseg.device import gpu_memory_gb as visible_gpu_memory_gb
+from kitsseg.planning import (CPU_PRESET, DEFAULT_GPU_MEMORY_GB, DEFAULT_PRESET, load_plans, load_preset,
+                              plan_experiment, save_plans)
 from kitsseg.preprocessing import preprocess_dataset
 from kitsseg.training.splits import load_or_create_splits
 
 STEPS = ("fingerprint", "plan", "preprocess")
 
 
+def planned_gpu_memory_gb(requested: float | None, preset: Path) -> float:
+    """The GPU memory the batch sizes are planned for: the flag, else the visible GPU's, else 8 GB
+    (with one line saying so when the GPU preset is planned on a machine without a GPU)."""
+    if requested:
+        return requested
+    visible = visible_gpu_memory_gb()
+    if visible is not None:
+        return visible
+    if Path(preset).resolve() == DEFAULT_PRESET.resolve():
+        warnings.warn(f"no GPU visible: planning the GPU preset ({DEFAULT_PRESET.name}, batch sizes for "
+                      f"{DEFAULT_GPU_MEMORY_GB:g} GB); to train on this CPU, plan with --preset {CPU_PRESET}")
+    return DEFAULT_GPU_MEMORY_GB
+
+
 def plan_and_preprocess(paths: DatasetPaths, steps: Sequence[str] = STEPS, num_workers: int = 2,
                         preset: Path = DEFAULT_PRESET, normalization: str | None = None,
-                        gpu_memory_gb: float = 8.0, overwrite: bool = False, quiet: bool = False,
+                        gpu_memory_gb: float | None = None, overwrite: bool = False, quiet: bool = False,
                         memory_gb: float | None = None) -> int:
     """Run the chosen steps; return the number of cases that failed preprocessing."""
     info, cases = list_cases(paths.raw)
@@ -32,7 +49,7 @@ def plan_and_preprocess(paths: DatasetPaths, steps: Sequence[str] = STEPS, num_w
             raise KitssegError(f"{paths.fingerprint}: not found (run --steps fingerprint first)")
         fingerprint = Fingerprint.from_dict(json.loads(paths.fingerprint.read_text()))
         plans = plan_experiment(fingerprint, paths.name, info.labels, load_preset(preset),
-                                normalization, gpu_memory_gb)
+                                normalization, planned_gpu_memory_gb(gpu_memory_gb, preset))
         save_plans(plans, paths.plans)
     failed = []
     if "preprocess" in steps:

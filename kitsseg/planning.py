@@ -1,13 +1,15 @@
 """Plans: one typed, frozen object (JSON on disk) that says how every stage is preprocessed and trained.
 
 `plan_experiment(fingerprint, preset)` fills the preset's choices (spacings, crop sizes,
-intensity window, network) with what the dataset fingerprint implies (patch sizes shrunk
-to the data, VOI margin, batch size from a GPU memory budget, classes from the labels).
+intensity window, network, training recipe) with what the dataset fingerprint and the
+machine imply (patch sizes shrunk to the data, VOI margin, batch size from a GPU memory
+budget, loader workers from the cores, classes from the labels).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +24,9 @@ PLANS_VERSION = 1
 COARSE, FINE = "3d_coarse", "3d_fine"
 STAGES = (COARSE, FINE)
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper.json"
+CPU_PRESET = DEFAULT_PRESET.parent / "cpu.json"
+MAX_LOADER_WORKERS = 12
+DEFAULT_GPU_MEMORY_GB = 8.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,27 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class TrainingRecipe:
+    """How a stage is trained: kits_train's defaults (flags override them, recorded in train_config.json).
+
+    AdamW with polynomial learning-rate decay (exponent 0.9) over `epochs` x `iters_per_epoch`
+    iterations, or over `time_budget_min` minutes of wall clock when that is above 0. Fine crops
+    are centred on a lesion voxel with `lesion_fraction`, anywhere in the VOI with `outside_fraction`.
+    """
+
+    loss: str = "gdice_ce"
+    lr: float = 3e-3
+    epochs: int = 100
+    iters_per_epoch: int = 250
+    val_iters: int = 20
+    time_budget_min: float = 0.0
+    lesion_fraction: float = 0.33
+    outside_fraction: float = 0.0
+    augment_strength: float = 1.0
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
 class StagePlan:
     """Everything one stage needs: grid, crop, batch, classes, network, and (fine) VOI margin."""
 
@@ -66,6 +92,7 @@ class StagePlan:
     class_names: tuple[str, ...]
     network: NetworkConfig
     voi_margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    training: TrainingRecipe = TrainingRecipe()
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +135,8 @@ class Plans:
             stages = {}
             for name, stage in data["stages"].items():
                 stage = {k: v for k, v in stage.items() if k != "num_classes"}
-                stages[name] = _build(StagePlan, {**stage, "network": _build(NetworkConfig, stage["network"])})
+                stages[name] = _build(StagePlan, {**stage, "network": _build(NetworkConfig, stage["network"]),
+                                                  "training": _build(TrainingRecipe, stage.get("training", {}))})
             classes = ClassMap.from_dict(data["classes"]) if "classes" in data else None
             return cls(PLANS_VERSION, str(data["dataset_name"]), dict(data["labels"]),
                        _build(IntensityConfig, data["intensity"]), stages, classes)
@@ -222,8 +250,14 @@ def voi_margin_mm(kidney_median_mm, coarse_spacing_mm) -> tuple[float, float, fl
     return tuple(float(np.ceil(max(2 * c, 0.1 * k))) for k, c in zip(kidney_median_mm, coarse_spacing_mm))
 
 
+def loader_workers(cpu_count: int | None = None) -> int:
+    """Augmentation processes for training: one per core, at most MAX_LOADER_WORKERS."""
+    return int(min(cpu_count or os.cpu_count() or 1, MAX_LOADER_WORKERS))
+
+
 def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, preset: dict,
-                    normalization: str | None = None, gpu_memory_gb: float = 8.0) -> Plans:
+                    normalization: str | None = None, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+                    num_workers: int | None = None) -> Plans:
     """Plans for a dataset from its fingerprint and a preset (see plans/README.md)."""
     intensity = _build(IntensityConfig, preset.get("intensity", {}))
     scheme = normalization or intensity.scheme
@@ -251,7 +285,9 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         patch = _shrink_patch(stage_preset.get("patch_size", (96, 96, 96)),
                               extents_mm[name] / np.asarray(spacing), network.stride)
         batch = stage_preset.get("batch_size") or batch_size_for_budget(network, patch, gpu_memory_gb)
+        recipe = _build(TrainingRecipe, {"num_workers": num_workers or loader_workers(),
+                                         **stage_preset.get("training", {})})
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
-                                 margin if name == FINE else (0.0, 0.0, 0.0))
+                                 margin if name == FINE else (0.0, 0.0, 0.0), recipe)
     return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

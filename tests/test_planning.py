@@ -85,3 +85,42 @@ def test_activation_estimate_scales_with_volume_and_sets_batch():
     assert large == pytest.approx(8 * small, rel=0.01)
     assert batch_size_for_budget(net, (96, 96, 96), 80) > batch_size_for_budget(net, (96, 96, 96), 8)
     assert batch_size_for_budget(net, (96, 96, 96), 1) == 2  # never below 2
+
+
+def test_presets_carry_the_training_recipe():
+    from kitsseg.planning import CPU_PRESET, TrainingRecipe, loader_workers
+
+    paper = plan_experiment(fingerprint(), "KiTS19", LABELS, load_preset(DEFAULT_PRESET))
+    coarse, fine = paper.stage(COARSE).training, paper.stage(FINE).training
+    assert (fine.loss, fine.lr, fine.epochs, fine.iters_per_epoch) == ("gdice_ce", 3e-3, 100, 250)
+    assert coarse.epochs == 25 and coarse.epochs < fine.epochs  # the coarse stage needs far fewer iterations
+    assert fine.num_workers == loader_workers() == min(__import__("os").cpu_count(), 12)
+    cpu = plan_experiment(fingerprint(), "KiTS19", LABELS, load_preset(CPU_PRESET), num_workers=3)
+    # bench_accuracy.py's 45-minute recipe: a quarter of the budget for the coarse stage, 100 iterations an epoch
+    assert [cpu.stage(s).training.time_budget_min for s in (COARSE, FINE)] == [11.25, 33.75]
+    assert cpu.stage(FINE).training.iters_per_epoch == 100 and cpu.stage(FINE).training.num_workers == 3
+    again = Plans.from_dict(json.loads(json.dumps(cpu.to_dict())))
+    assert again == cpu
+    old = cpu.to_dict()
+    for stage in old["stages"].values():
+        del stage["training"]
+    assert Plans.from_dict(old).stage(FINE).training == TrainingRecipe()  # plans written before the recipe
+    assert loader_workers(64) == 12 and loader_workers(2) == 2
+
+
+def test_no_gpu_plans_the_gpu_preset_with_one_line(monkeypatch):
+    import kitsseg.plan_and_preprocess as pp
+    from kitsseg.planning import CPU_PRESET
+
+    monkeypatch.setattr(pp, "visible_gpu_memory_gb", lambda: None)
+    with pytest.warns(UserWarning, match=r"no GPU visible: planning the GPU preset \(vbnet_paper.json, batch "
+                                         r"sizes for 8 GB\); to train on this CPU, plan with --preset .*cpu.json"):
+        assert pp.planned_gpu_memory_gb(None, DEFAULT_PRESET) == 8.0
+    assert pp.planned_gpu_memory_gb(24.0, DEFAULT_PRESET) == 24.0
+    monkeypatch.setattr(pp, "visible_gpu_memory_gb", lambda: 79.6)
+    assert pp.planned_gpu_memory_gb(None, DEFAULT_PRESET) == 79.6  # the GPU's own memory
+    monkeypatch.setattr(pp, "visible_gpu_memory_gb", lambda: None)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pp.planned_gpu_memory_gb(None, CPU_PRESET) == 8.0  # the CPU preset: nothing to say

@@ -120,3 +120,34 @@ def test_time_budget_stops_mid_epoch_and_schedules_by_the_clock(tiny_dataset, tm
     log = read_log(out / "training_log.csv")
     assert len(log) == 1  # the one long epoch was cut when the budget ran out
     assert float(log[0]["lr"]) < 0.05 * config.lr  # the learning rate decayed with the clock
+
+
+def test_no_flags_train_the_plans_recipe_and_flags_are_recorded(tiny_dataset, tmp_path):
+    """kits_train STAGE FOLD runs plans.json's recipe; a flag overrides it and train_config.json says so;
+    --continue refuses a checkpoint trained with another recipe, naming the difference."""
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    data = json.loads(paths.plans.read_text())
+    data["stages"]["3d_coarse"]["training"] = {"loss": "gdice", "lr": 0.004, "epochs": 1, "iters_per_epoch": 2,
+                                               "val_iters": 1, "augment_strength": 0.0, "num_workers": 0,
+                                               "time_budget_min": 0.0, "lesion_fraction": 0.2,
+                                               "outside_fraction": 0.0}
+    paths.plans.write_text(json.dumps(data))
+    base = [sys.executable, "-m", "kitsseg.cli", "train", "3d_coarse", "0", "--data-root", str(paths.root),
+            "-d", paths.name, "--device", "cpu"]
+    first = subprocess.run(base, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "one epoch takes about" in first.stdout + first.stderr  # the estimate after the first epoch
+    written = json.loads((paths.results / "3d_coarse" / "fold_0" / "train_config.json").read_text())
+    assert {k: written[k] for k in data["stages"]["3d_coarse"]["training"]} == data["stages"]["3d_coarse"]["training"]
+    assert written["overrides"] == []
+    refused = subprocess.run([*base, "--continue", "--lr", "0.01", "--epochs", "1"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        "cannot continue with another recipe: lr 0.004 (checkpoint) vs 0.01 (this run); run with the "
+        "checkpoint's settings, or without --continue to start afresh")
+    resumed = subprocess.run([*base, "--continue", "--epochs", "2", "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 1 and "epochs 1 (checkpoint) vs 2 (this run)" in resumed.stderr
+    overridden = subprocess.run([*base, "--lr", "0.01", "--quiet"], capture_output=True, text=True)
+    assert overridden.returncode == 0, overridden.stderr[-2000:]
+    written = json.loads((paths.results / "3d_coarse" / "fold_0" / "train_config.json").read_text())
+    assert written["lr"] == 0.01 and written["overrides"] == ["lr"] and written["loss"] == "gdice"

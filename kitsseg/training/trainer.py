@@ -25,7 +25,7 @@ from kitsseg.device import resolve_device
 from kitsseg.errors import KitssegError
 from kitsseg.network.vbnet import VBNet
 from kitsseg.paths import DatasetPaths
-from kitsseg.planning import Plans, StagePlan, load_plans
+from kitsseg.planning import Plans, StagePlan, TrainingRecipe, load_plans
 from kitsseg.training.data import make_batches
 from kitsseg.training.distributed import Distributed
 from kitsseg.training.loss import SegmentationLoss
@@ -39,24 +39,46 @@ EMA_WEIGHT = 0.9
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run takes from the command line."""
+    """One training run: the stage's recipe (plans.json, see `TrainingRecipe`) with the command's overrides."""
 
     stage: str
     fold: str
-    epochs: int = 100
-    iters_per_epoch: int = 250
-    val_iters: int = 20
-    lr: float = 1e-3
+    epochs: int = TrainingRecipe.epochs
+    iters_per_epoch: int = TrainingRecipe.iters_per_epoch
+    val_iters: int = TrainingRecipe.val_iters
+    lr: float = TrainingRecipe.lr
     weight_decay: float = 1e-5
-    loss: str = "gdice"
+    loss: str = TrainingRecipe.loss
     device: str = "auto"
-    num_workers: int = 2
+    num_workers: int = TrainingRecipe.num_workers
     seed: int = 0
-    augment_strength: float = 1.0
-    lesion_fraction: float = 0.33
-    outside_fraction: float = 0.0
+    augment_strength: float = TrainingRecipe.augment_strength
+    lesion_fraction: float = TrainingRecipe.lesion_fraction
+    outside_fraction: float = TrainingRecipe.outside_fraction
     grad_clip: float = 12.0
-    time_budget_min: float = 0.0  # > 0: stop (and schedule the learning rate) by wall clock
+    time_budget_min: float = TrainingRecipe.time_budget_min  # > 0: stop (and schedule the lr) by wall clock
+    overrides: tuple[str, ...] = ()  # fields the command line set instead of the plans' recipe
+
+    @classmethod
+    def from_plans(cls, paths: DatasetPaths, stage: str, fold: str, **overrides) -> "TrainConfig":
+        """The recipe `plans.json` holds for `stage`, with `overrides` (flags given on the command line)."""
+        recipe = asdict(load_plans(paths.plans).stage(stage).training)
+        flags = tuple(sorted(k for k in overrides if k in recipe))
+        return cls(stage=stage, fold=fold, overrides=flags, **{**recipe, **overrides})
+
+
+# what a resumed run must share with its checkpoint (workers, device and validation may differ)
+RESUME_FIELDS = ("epochs", "iters_per_epoch", "lr", "weight_decay", "loss", "seed", "augment_strength",
+                 "lesion_fraction", "outside_fraction", "grad_clip", "time_budget_min")
+
+
+def recipe_difference(saved: dict, config: TrainConfig) -> str | None:
+    """'lr 0.003 (checkpoint) vs 0.001 (this run)' for the first field that differs, else None."""
+    current = asdict(config)
+    for name in RESUME_FIELDS:
+        if name in saved and saved[name] != current[name]:
+            return f"{name} {saved[name]!r} (checkpoint) vs {current[name]!r} (this run)"
+    return None
 
 
 def poly_lr(base_lr: float, progress: float, exponent: float = 0.9) -> float:
@@ -170,6 +192,10 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         if state["stage"] != self.stage.name:
             raise KitssegError(f"{path}: checkpoint is for stage {state['stage']}, not {self.stage.name}")
+        difference = recipe_difference(state.get("train_config", {}), self.config)
+        if difference:
+            raise KitssegError(f"{path}: cannot continue with another recipe: {difference}; "
+                               "run with the checkpoint's settings, or without --continue to start afresh")
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -187,6 +213,14 @@ class Trainer:
         if cfg.time_budget_min > 0:
             return (self.seconds_before + self._elapsed()) / (60 * cfg.time_budget_min)
         return by_steps
+
+    def _estimate(self, epoch_seconds: float) -> str:
+        """One line: the time the remaining epochs will take at the first epoch's pace."""
+        if self.config.time_budget_min > 0:
+            return f"one epoch takes about {epoch_seconds:.0f} s; training stops after {self.config.time_budget_min:g} min"
+        remaining = self.config.epochs - self.epoch
+        return (f"one epoch takes about {epoch_seconds:.0f} s: about {remaining * epoch_seconds / 3600:.1f} h "
+                f"for the remaining {remaining} epochs")
 
     def _done(self) -> bool:
         if self.config.time_budget_min > 0:
@@ -280,6 +314,7 @@ class Trainer:
     def fit(self) -> Path:
         """Train until the epochs (or the time budget) are spent; return the output folder."""
         self.started = time.perf_counter()
+        first_epoch = self.epoch
         try:
             while not self._done():
                 start = time.perf_counter()
@@ -290,6 +325,8 @@ class Trainer:
                     row = self.log[-1]
                     tqdm.write(f"epoch {row['epoch']}: train {train_loss:.4f}  val {val_loss:.4f}  "
                                f"dice {np.round(dice, 3).tolist()}  {row['seconds']:.0f} s")
+                    if row["epoch"] == first_epoch:
+                        tqdm.write(self._estimate(row["seconds"]))
         finally:
             if hasattr(self.batches, "_finish"):
                 self.batches._finish()
