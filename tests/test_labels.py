@@ -1,5 +1,4 @@
 """dataset.json labels -> the cascade's classes, and datasets as nnU-Net users have them, end to end."""
-import doctest
 import json
 import shutil
 import subprocess
@@ -10,17 +9,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import kitsseg.labels
 from kitsseg.errors import KitssegError
 from kitsseg.labels import ClassMap, class_map_from_labels
 from kitsseg.paths import DatasetPaths, resolve_dataset_name
 from tests.conftest import TINY_PRESET
 
 NNUNET_KITS23 = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
-
-
-def test_doctests():
-    assert doctest.testmod(kitsseg.labels).failed == 0
 
 
 @pytest.mark.parametrize("labels, names, values", [
