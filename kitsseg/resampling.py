@@ -5,7 +5,9 @@ shrinks, which anti-alias, and linear interpolation when it grows. Voxel centres
 follow the half-voxel convention (output voxel i covers [i, i+1) * n_in / n_out
 input voxels), so resampling commutes with flips and transposes, and the output
 grid spans exactly the input's extent. Work is chunked along the array's slowest
-axis, so an int16 CT is never converted to float as a whole.
+axis, so an int16 CT is never converted to float as a whole; chunks are slices (views),
+never gathers, so a strided view of a CT (the canonical orientation of a KiTS scan) is
+not copied whole for each chunk.
 
 >>> resample(np.array([[[0., 1., 2., 3.]]]), (1, 1, 2))
 array([[[0.5, 2.5]]], dtype=float32)
@@ -61,8 +63,9 @@ def resample(array: np.ndarray, shape_out: Sequence[int]) -> np.ndarray:
     step = max(1, CHUNK_VOXELS // max(1, per_slice))
     parts = []
     for start in range(0, array.shape[chunk_axis], step):
-        chunk = np.take(array, range(start, min(start + step, array.shape[chunk_axis])), axis=chunk_axis)
-        chunk = chunk.astype(np.float32, copy=False)
+        index = [slice(None)] * 3
+        index[chunk_axis] = slice(start, start + step)
+        chunk = np.ascontiguousarray(array[tuple(index)], dtype=np.float32)
         for axis in other:
             chunk = _apply(chunk, weights[axis], axis)
         parts.append(chunk)

@@ -74,3 +74,42 @@ def test_a_label_smaller_than_a_voxel_is_kept():
     labels[14, 14, 14] = 2  # one voxel: 1/1000 of an output voxel
     out = rs.resample_labels(labels, (3, 3, 3), [0, 1, 2])
     assert (out == 2).sum() == 1 and out[1, 1, 1] == 2
+
+
+def kits_view(raw: np.ndarray) -> np.ndarray:
+    """The canonical view of a KiTS19 array (slice axis first and flipped): strided, nothing copied."""
+    return np.flip(np.transpose(raw, (2, 1, 0)), 0)
+
+
+def weight_matrices(array: np.ndarray, shape_out) -> np.ndarray:
+    """The separable resampling written out: the three axis weight matrices applied at once, in float64."""
+    wz, wy, wx = (rs.axis_weights(n, m).astype(np.float64) for n, m in zip(array.shape, shape_out))
+    return np.einsum("ai,bj,ck,ijk->abc", wz, wy, wx, array.astype(np.float64))
+
+
+@pytest.mark.parametrize("shape_out", [(7, 5, 9), (30, 12, 40)])  # shrinking; mixed shrinking and growing
+def test_a_strided_view_in_chunks_resamples_as_the_weight_matrices(monkeypatch, shape_out):
+    view = kits_view(np.random.default_rng(3).integers(-1000, 1000, size=(23, 17, 41)).astype(np.int16))
+    monkeypatch.setattr(rs, "CHUNK_VOXELS", 300)  # chunks of a few slices along the view's slowest axis
+    np.testing.assert_allclose(rs.resample(view, shape_out), weight_matrices(view, shape_out), rtol=1e-5, atol=1e-3)
+
+
+def test_label_resampling_of_a_strided_view_in_chunks_equals_one_chunk(monkeypatch):
+    view = kits_view(np.random.default_rng(4).integers(0, 4, size=(24, 18, 40)).astype(np.uint8))
+    whole = rs.resample_labels(view, (9, 7, 13), [0, 1, 2, 3])
+    monkeypatch.setattr(rs, "CHUNK_VOXELS", 200)
+    assert np.array_equal(rs.resample_labels(view, (9, 7, 13), [0, 1, 2, 3]), whole)
+
+
+def test_a_strided_view_is_never_copied_whole(monkeypatch):
+    import tracemalloc
+
+    view = kits_view(np.zeros((64, 64, 256), np.int16))  # 2 MB, 16 chunks of 64 KB below
+    monkeypatch.setattr(rs, "CHUNK_VOXELS", 2**14)
+    tracemalloc.start()
+    try:
+        rs.resample(view, (20, 10, 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < view.nbytes / 4
