@@ -90,7 +90,7 @@ def test_preprocessing_stops_before_the_stage_that_does_not_fit(paper_case, tmp_
 
 def test_prediction_stops_before_the_fine_stage_that_does_not_fit():
     from kitsseg.inference.predictor import Predictor
-    from kitsseg.memory import network_stage_bytes
+    from kitsseg.memory import network_pass_bytes, network_stage_bytes
     from tests.test_predictor import LEVEL_HU, coarse_oracle, fine_oracle, paper_plans
 
     plans = paper_plans(cysts=False)
@@ -103,8 +103,11 @@ def test_prediction_stops_before_the_fine_stage_that_does_not_fit():
         fine_calls.append(x.shape)
         return fine_oracle(3)(x)
 
-    coarse_shape = shape_at_spacing(image.shape, spacing, plans.stage(COARSE).spacing_mm)
-    phase_one = case_input_bytes(image.shape, image.itemsize, 1) + network_stage_bytes(image.shape, coarse_shape, 2)
+    coarse = plans.stage(COARSE)
+    coarse_shape = shape_at_spacing(image.shape, spacing, coarse.spacing_mm)
+    padded = [int(np.ceil(n / coarse.network.stride)) * coarse.network.stride for n in coarse_shape]
+    phase_one = (case_input_bytes(image.shape, image.itemsize, 1) + network_stage_bytes(image.shape, coarse_shape, 2)
+                 + network_pass_bytes(coarse.network, padded))  # the case's arrays, the coarse stage and its pass
     predictor = Predictor(plans, [coarse_oracle], [fine], memory=MemoryBudget(phase_one))
     predictor.require_memory("scan.nii.gz", image.shape, spacing, image.itemsize)  # the header check passes
     with pytest.raises(KitssegError, match=r"scan.nii.gz: the fine stage \(kidney VOIs\) needs"):
@@ -116,3 +119,65 @@ def test_prediction_stops_before_the_fine_stage_that_does_not_fit():
     result = Predictor(plans, [coarse_oracle], [fine], memory=MemoryBudget(50 * phase_one)).predict_array(
         image, spacing)
     assert result.kidneys_found == 1 and fine_calls
+
+
+def test_pass_allowance_is_the_budget_capped_at_the_peak_target():
+    from kitsseg.memory import PEAK_TARGET_BYTES, RUNTIME_BYTES, pass_allowance
+
+    assert pass_allowance(None, 10 ** 8) == PEAK_TARGET_BYTES - RUNTIME_BYTES - 10 ** 8
+    assert pass_allowance(MemoryBudget(100 * GB), 0) == PEAK_TARGET_BYTES - RUNTIME_BYTES
+    assert pass_allowance(MemoryBudget(0.5 * GB), 10 ** 8) == 0.4 * GB
+    assert pass_allowance(MemoryBudget(0.5 * GB), GB) == 0
+
+
+MEASURE_PASS = """
+import sys, torch
+from kitsseg.inference.predictor import fold_batch_norms
+from kitsseg.network.vbnet import VBNet
+from kitsseg.planning import FINE
+from kitsseg.profiling import Profile
+from tests.test_predictor import paper_plans
+
+network, profile = fold_batch_norms(VBNet(paper_plans().stage(FINE).network).eval()), Profile()
+with torch.no_grad():
+    network(torch.zeros(1, 1, 16, 16, 16))  # one-off allocations (weight layouts, thread pools)
+    with profile.stage("before"):
+        pass
+    with profile.stage("pass"):
+        network(torch.zeros(1, 1, *map(int, sys.argv[1:4])))
+print(None if profile.peak["pass"] is None else profile.peak["pass"] - profile.peak["before"])
+"""
+
+
+def test_network_pass_estimate_bounds_a_folded_vbnet_forward():
+    import subprocess
+    import sys
+
+    from kitsseg.memory import network_pass_bytes
+    from tests.conftest import REPO
+    from tests.test_predictor import paper_plans
+
+    shape = (64, 64, 96)  # in a fresh process: memory freed by other tests would hide the pass's own
+    out = subprocess.run([sys.executable, "-c", MEASURE_PASS, *map(str, shape)], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.split()[-1]
+    if out == "None":
+        pytest.skip("the peak resident set cannot be reset here (/proc/self/clear_refs)")
+    measured = int(out)
+    assert measured <= network_pass_bytes(paper_plans().stage(FINE).network, shape) <= 1.5 * measured
+
+
+def test_a_large_voi_is_tiled_to_stay_within_the_peak_target_and_a_small_one_is_one_pass():
+    from kitsseg.inference.predictor import Predictor
+    from kitsseg.memory import PEAK_TARGET_BYTES, RUNTIME_BYTES, network_stage_bytes
+    from tests.test_predictor import coarse_oracle, fine_oracle, paper_plans
+
+    predictor = Predictor(paper_plans(), [coarse_oracle], [fine_oracle(4)])
+    fine = predictor.plans.stage(FINE)
+    image_bytes = 1059 * 512 * 512 * 2  # case_00151: a (374, 187, 306) VOI, (187, 151, 248) at 1 mm
+    held = image_bytes + 374 * 187 * 306 + network_stage_bytes((374, 187, 306), (187, 151, 248), 4)
+    tile, pass_bytes = predictor._pass_plan(fine, (187, 151, 248), held)
+    assert tile is not None and RUNTIME_BYTES + held + pass_bytes <= PEAK_TARGET_BYTES
+    assert predictor._pass_plan(fine, (144, 97, 91), 10 ** 8)[0] is None
+    smaller, _ = Predictor(paper_plans(), [coarse_oracle], [fine_oracle(4)], memory=MemoryBudget(GB))._pass_plan(
+        fine, (187, 151, 248), held)
+    assert np.prod(smaller) < np.prod(tile)  # a budget below the target: smaller tiles

@@ -13,7 +13,8 @@ import torch
 
 from kitsseg.checkpoint import save_checkpoint
 from kitsseg.fingerprint import Fingerprint
-from kitsseg.inference.predictor import Predictor
+from kitsseg.inference.predictor import Predictor, fold_batch_norms
+from kitsseg.inference.sliding_window import network_voxels, planned_overlap, predict_volume, tile_for
 from kitsseg.inference.voi import coarse_mask_in_box
 from kitsseg.network.vbnet import VBNet
 from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, Plans, load_preset, plan_experiment
@@ -122,6 +123,73 @@ def test_postprocessing_keeps_the_component_the_coarse_stage_found_not_the_large
     assert result.kidneys_found == 1
     assert (result.unprocessed[:, :, 19:] > 0).sum() > (result.unprocessed[kidney] > 0).sum() > 0  # false region larger
     assert dice(result.labels > 0, kidney) > 0.9 and not result.labels[:, :, 19:].any()
+
+
+def test_tiles_are_planned_for_the_fewest_network_voxels_within_the_limit():
+    shape, patch = (187, 151, 248), (96, 96, 96)  # case_00151's kidney VOI at 1 mm
+    tile = tile_for(shape, patch, 920_000, stride=16)
+    assert tile == (112, 96, 80)
+    assert network_voxels(shape, tile, planned_overlap(patch)) == 16 * 112 * 96 * 80  # 2 x 2 x 4 tiles
+    assert network_voxels(shape, patch, (48, 48, 48)) == 45 * 96 ** 3  # before: patches overlapping by half
+    assert tile_for(shape, patch, 10 ** 8, stride=16) is None  # one pass where memory allows
+    assert tile_for(shape, patch, 1000, stride=16) == (48, 48, 48)  # nothing fits: the smallest, half a patch
+    assert tile_for(shape, patch) == patch  # no stride (training's validation): the patch, as before
+
+
+def test_tiles_blend_to_the_one_pass_result_of_a_voxelwise_network():
+    image = np.random.default_rng(5).normal(size=(40, 37, 70)).astype(np.float32)
+    voxelwise = lambda x: torch.cat([x, torch.sin(x)], 1)  # noqa: E731
+    patch = (32, 32, 32)
+    tile = tile_for(image.shape, patch, 30_000, stride=16)
+    assert tile is not None
+    tiled = predict_volume(voxelwise, image, 2, 16, tile, overlap=planned_overlap(patch))
+    np.testing.assert_allclose(tiled, predict_volume(voxelwise, image, 2, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_folding_batch_norms_keeps_the_network_function():
+    torch.manual_seed(0)
+    network = VBNet(paper_plans().stage(FINE).network)
+    for norm in (m for m in network.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        for values in (norm.running_mean, norm.weight, norm.bias):
+            values.data.normal_(0, 0.5)
+        norm.running_var.data.uniform_(0.5, 2)
+    network.eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = network(x)
+        folded = fold_batch_norms(network)
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+
+
+STAGES = ["read + canonical orientation", "coarse resampling", "coarse network", "VOI extraction and resampling",
+          "fine networks", "probabilities back to the original grid", "postprocessing", "writing"]
+
+
+def test_profile_times_every_stage_of_a_case(tmp_path, capsys):
+    from kitsseg.inference.run import predict_inputs
+
+    hu = np.full((40, 60, 60), -LEVEL_HU, np.int16)
+    hu[10:30, 20:40, 15:35] = 0  # one 'kidney' for the oracles
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "scan.nii.gz"))
+    predictor = Predictor(paper_plans(cysts=False), [coarse_oracle], [fine_oracle(3)])
+    assert predict_inputs(predictor, tmp_path / "scan.nii.gz", tmp_path / "out", quiet=True, profile=True) == 0
+    profile = json.loads((tmp_path / "out" / "profile.json").read_text())["scan"]
+    assert [name for name, _, _ in profile["stages"]] == STAGES
+    assert all(seconds >= 0 for _, seconds, _ in profile["stages"])
+    peaks = [peak for _, _, peak in profile["stages"]]
+    assert peaks == [None] * len(STAGES) or (min(peaks) > 10 ** 7 and profile["peak_rss_bytes"] >= max(peaks))
+    assert "fine networks" in capsys.readouterr().out
+
+
+def test_predict_command_profile_flag(tmp_path, tiny_models, phantom_raw):
+    from kitsseg.cli import predict_main
+
+    image = phantom_raw / "imagesTr" / "case_00000_0000.nii.gz"
+    assert predict_main(["-i", str(image), "-o", str(tmp_path), "-m", str(tiny_models), "--device", "cpu",
+                         "--quiet", "--profile"]) == 0
+    stages = [name for name, _, _ in json.loads((tmp_path / "profile.json").read_text())["case_00000"]["stages"]]
+    assert stages[:3] == STAGES[:3] and stages[-1] == "writing"
 
 
 @pytest.mark.parametrize("relative", ["real-ct/example_ct.nii.gz", "real-ct/example_ct_dicom"])

@@ -2,11 +2,13 @@
 
 A failing case is reported (stderr and summary.csv) and the others go on; existing
 outputs are kept (with their summary rows) unless `overwrite`; inputs are never written.
+With `profile`, each case's stages are timed (printed, and kept in profile.json).
 """
 from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,14 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from kitsseg.atomic import atomic_path, remove_leftovers
+from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
 from kitsseg.inference.predictor import Predictor
 from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, read_header, save_label_map
 from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
+from kitsseg.profiling import Profile, stage
 from kitsseg.provenance import write_run_record
 from kitsseg.visualization import overlay_png
 
@@ -65,23 +68,37 @@ def volumes_ml(labels: np.ndarray, spacing_mm, classes: ClassMap) -> dict[str, f
 def predict_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool = False,
                  overlay: bool = False) -> dict:
     start = time.perf_counter()
-    header, itemsize = read_header(source)
-    predictor.require_memory(source, header.shape, header.spacing_mm, itemsize)
-    image_hu, props = load_volume(source)
-    if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
-        raise KitssegError(f"{source}: image holds NaN or infinite voxels")
+    with stage("read + canonical orientation"):
+        header, itemsize = read_header(source)
+        predictor.require_memory(source, header.shape, header.spacing_mm, itemsize)
+        image_hu, props = load_volume(source)
+        if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
+            raise KitssegError(f"{source}: image holds NaN or infinite voxels")
     result = predictor.predict_array(image_hu, props.spacing_mm, keep_probabilities=save_probabilities,
                                      source=source)
     case_id = target.name[: -len(".nii.gz")]
-    if save_probabilities:
-        save_probabilities_npz(result.probabilities, props, predictor.plans.classes, target.parent, case_id)
-    if overlay:
-        overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
-    save_label_map(result.labels, props, target)
+    with stage("writing"):
+        if save_probabilities:
+            save_probabilities_npz(result.probabilities, props, predictor.plans.classes, target.parent, case_id)
+        if overlay:
+            overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
+        save_label_map(result.labels, props, target)
+        volumes = volumes_ml(result.labels, props.spacing_mm, predictor.plans.classes)
     status = "ok" if result.kidneys_found else "warning: no kidney found"
-    return {"status": status, "kidneys_found": result.kidneys_found,
-            **volumes_ml(result.labels, props.spacing_mm, predictor.plans.classes),
+    return {"status": status, "kidneys_found": result.kidneys_found, **volumes,
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _profiled_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool, overlay: bool,
+                   profiles: dict) -> dict:
+    """`predict_case` with its stages timed: the table is printed and the profile kept in `profiles`."""
+    profile = Profile()
+    with profile.active():
+        row = predict_case(predictor, source, target, save_probabilities, overlay)
+    case_id = target.name[: -len(".nii.gz")]
+    profiles[case_id] = profile.to_dict()
+    print(f"{case_id}\n{profile.table()}")
+    return row
 
 
 def _existing_row(case_id: str, target: Path, previous: dict[str, dict], classes: ClassMap) -> dict:
@@ -103,11 +120,13 @@ def _previous_rows(summary: Path) -> dict[str, dict]:
 
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
                    quiet: bool = False, save_probabilities: bool = False, overlays: bool = False,
-                   arguments: dict | None = None) -> int:
+                   arguments: dict | None = None, profile: bool = False) -> int:
     """Predict every input; return the number of failed cases.
 
     summary.csv is rewritten after each case; outputs kept from a previous run keep their rows.
     `arguments` (the command's) go into kitsseg_run.json with the plans, folds and checkpoints.
+    With `profile`, the stages of each predicted case are printed and written to profile.json
+    (seconds and peak RSS bytes per stage).
     """
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,18 +134,21 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
     write_run_record(out_dir, predictor.plans, predictor.folds, predictor.checkpoints, arguments or {})
     summary, classes = out_dir / "summary.csv", predictor.plans.classes
     previous = _previous_rows(summary)
-    rows, failed = [], 0
+    rows, failed, profiles = [], 0, {}
+    predict = partial(_profiled_case, profiles=profiles) if profile else predict_case
     for case_id, path in tqdm(inputs, desc="predict", disable=quiet, unit="case"):
         target = out_dir / f"{case_id}.nii.gz"
         try:
             if target.exists() and not overwrite:
                 rows.append(_existing_row(case_id, target, previous, classes))
             else:
-                rows.append({"case": case_id, **predict_case(predictor, path, target, save_probabilities, overlays)})
+                rows.append({"case": case_id, **predict(predictor, path, target, save_probabilities, overlays)})
         except KitssegError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             rows.append({"case": case_id, "status": f"error: {exc}"})
         with atomic_path(summary) as tmp:
             pd.DataFrame(rows, columns=summary_columns(classes)).to_csv(tmp, index=False)
+        if profile:
+            write_json(profiles, out_dir / "profile.json")
     return failed
