@@ -14,6 +14,7 @@ capped so that the process, runtime included, stays within `PEAK_TARGET_BYTES`.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from dataclasses import dataclass
@@ -133,3 +134,13 @@ def pass_allowance(budget: MemoryBudget | None, held_bytes: int) -> int:
     if budget is not None:
         limit = min(limit, budget.bytes)
     return max(0, int(limit - held_bytes))
+
+
+def release_freed_memory() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim; nothing elsewhere). A network
+    pass's smaller tensors come from the heap, whose freed pages glibc otherwise keeps: 0.25 GB
+    after the coarse pass of a 512x512x64 scan, measured, on top of the next pass's own peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

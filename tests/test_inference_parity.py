@@ -40,7 +40,7 @@ def oracle_labels(shared_data, relative: str, memory: MemoryBudget | None = None
 
 @pytest.mark.parametrize("relative", sorted(BEFORE))
 def test_labels_are_those_of_the_earlier_code(shared_data, relative):
-    labels, calls = oracle_labels(shared_data, relative)
+    labels, _ = oracle_labels(shared_data, relative)
     assert fingerprint(labels) == BEFORE[relative]
 
 

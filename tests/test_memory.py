@@ -181,3 +181,38 @@ def test_a_large_voi_is_tiled_to_stay_within_the_peak_target_and_a_small_one_is_
     smaller, _ = Predictor(paper_plans(), [coarse_oracle], [fine_oracle(4)], memory=MemoryBudget(GB))._pass_plan(
         fine, (187, 151, 248), held)
     assert np.prod(smaller) < np.prod(tile)  # a budget below the target: smaller tiles
+
+
+def test_on_a_gpu_passes_are_planned_against_its_free_memory(monkeypatch):
+    import torch
+
+    from kitsseg.inference.predictor import Predictor
+    from tests.test_predictor import coarse_oracle, fine_oracle, paper_plans
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 10 ** 9, 80 * 10 ** 9))
+    predictor = Predictor(paper_plans(), [coarse_oracle], [fine_oracle(4)], device="cuda")
+    assert predictor._pass_plan(predictor.plans.stage(FINE), (187, 151, 248), GB) == (None, 0)  # no host memory
+
+
+def test_release_freed_memory_returns_freed_heap_pages():
+    import ctypes
+    import os
+    from pathlib import Path
+
+    from kitsseg.memory import release_freed_memory
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    blocks = [bytearray(64 * 1024) for _ in range(3000)]  # 200 MB of heap blocks, below the mmap threshold
+    above = bytearray(64 * 1024)  # keeps the heap's top in use: free() alone returns nothing
+    del blocks
+    before = rss()
+    release_freed_memory()
+    assert before - rss() > 100e6
+    del above

@@ -27,7 +27,7 @@ from kitsseg.inference.sliding_window import planned_overlap, predict_volume, ti
 from kitsseg.inference.voi import coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, to_canonical, to_sitk
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
-                            network_stage_bytes, network_voxel_bytes, pass_allowance, voxels)
+                            network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
 from kitsseg.postprocessing import PostprocessConfig, postprocess
 from kitsseg.preprocessing import normalise
@@ -124,8 +124,11 @@ class Predictor:
             return total / (len(models) * len(flips))
 
         tile, _ = self._pass_plan(stage, image.shape, held_bytes)
-        return predict_volume(ensemble, image, stage.num_classes, stage.network.stride, tile, self.device,
-                              planned_overlap(stage.patch_size))
+        release_freed_memory()
+        probabilities = predict_volume(ensemble, image, stage.num_classes, stage.network.stride, tile, self.device,
+                                       planned_overlap(stage.patch_size))
+        release_freed_memory()
+        return probabilities
 
     def _resampled(self, image_hu: np.ndarray, spacing_mm, stage: StagePlan) -> np.ndarray:
         shape = shape_at_spacing(image_hu.shape, spacing_mm, stage.spacing_mm)
@@ -236,6 +239,7 @@ class Predictor:
                 if keep_unprocessed:
                     paste(result.unprocessed, box, raw)
         with profiling.stage("postprocessing"):
+            release_freed_memory()
             return self._as_label_values(result)
 
     def _as_label_values(self, result: CascadeResult) -> CascadeResult:
