@@ -1,19 +1,29 @@
 """Inference benchmark: kits_predict vs nnUNetv2_predict (3d_fullres, 3d_lowres) on CPU, side by side.
 
 Renders case_00002 (512x512x261), case_00004 (64 slices) and case_00151 (1059 slices) with
-../shared/bench/render_ct.py and times one case at a time in its own process (reading and
-writing included), measuring peak RSS summed over all processes.
+../shared/bench/render_ct.py and times one case at a time in its own process (process start,
+reading and writing included), measuring peak RSS summed over all processes; kitsseg runs
+`--repeats` times per case (median and range) and prints its stage-by-stage breakdown
+(`kits_predict --profile`: seconds and peak RSS per stage).
 
 kitsseg: with `--model-dir` the trained cascade runs as `kits_predict` (one fold, no TTA).
 Without it, untrained VB-Nets of the paper topology run (time does not depend on the weights),
 and the coarse net's output is replaced by the ground-truth kidney mask at 6 mm so that the
-VOIs, and hence the fine stage's work, have their real size.
+VOIs, and hence the fine stage's work, have their real size. That mask is computed before any
+timed run and read by the timed process from a .npy file: a real run does not resample a
+reference label map, so neither does the timed one.
+
+`--before-ref COMMIT` also runs that commit's kitsseg (its `kitsseg` and `plans` folders,
+extracted with git archive, first on PYTHONPATH; with its own planning and untrained models)
+in the same protocol, alternating with the working tree's per case and repeat: the "before"
+column of the same run.
 
 nnU-Net v2 (`pip install '.[bench]'`): checkpoints with untrained weights are built from its own
 plans (as a 1-iteration training run would leave them); a run longer than `--nnunet-seconds` is
 stopped and extrapolated from nnU-Net's progress bar (tiles done, seconds per tile, tiles in total).
 
     python benchmarks/bench_predict.py [--workdir bench_work] [--model-dir DIR] [--nnunet-seconds 300]
+        [--skip-nnunet] [--repeats 3] [--cases case_00004 ...] [--before-ref COMMIT]
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +44,20 @@ CASES = ["case_00002", "case_00004", "case_00151"]
 NNUNET_CASES = ["case_00002"]
 NNUNET_ID = 502
 HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
 
 
 # ---- kitsseg ----------------------------------------------------------------------------------------
-def _convert_sources(workdir: Path) -> None:
-    """The rendered cases as a raw dataset (for kitsseg's and nnU-Net's planners)."""
-    if not (workdir / "kitsseg_predict_data" / "raw" / "KiTS19" / "dataset.json").exists():
-        subprocess.run(["kits_convert", "kits", str(workdir / "predict_source"), "--data-root",
-                        str(workdir / "kitsseg_predict_data"), "--quiet"], check=True)
+def _convert_sources(source: Path, root: Path) -> None:
+    """The rendered cases (`source`, KiTS layout) as a raw dataset under `root` (for the planners)."""
+    if not (root / "kitsseg_predict_data" / "raw" / "KiTS19" / "dataset.json").exists():
+        subprocess.run(["kits_convert", "kits", str(source), "--data-root", str(root / "kitsseg_predict_data"),
+                        "--quiet"], check=True)
+
+
+def _prepare(source: Path, root: Path, env: dict | None = None) -> None:
+    """Raw dataset, plans and untrained models under `root`, made by the kitsseg that `env` imports."""
+    subprocess.run([sys.executable, str(HERE), "--prepare", str(source), str(root)], env=env, check=True)
 
 
 def _untrained_models(workdir: Path) -> Path:
@@ -66,22 +83,43 @@ def _untrained_models(workdir: Path) -> Path:
     return models
 
 
-def child(case_id: str, image: Path, label: Path, out: Path, models: Path) -> None:
-    """One case in this process: untrained nets, coarse output replaced by the ground truth."""
+def _oracle_masks(workdir: Path, labels: dict[str, Path]) -> dict[str, Path]:
+    """The true kidney masks at the coarse spacing (the coarse net's substitute), as .npy files:
+    computed here, before any timed run."""
+    import numpy as np
+    from kitsseg.io import load_volume
+    from kitsseg.paths import DatasetPaths
+    from kitsseg.planning import COARSE, load_plans
+    from kitsseg.resampling import resample_labels, shape_at_spacing
+
+    coarse = load_plans(DatasetPaths(workdir / "kitsseg_predict_data", "KiTS19").plans).stage(COARSE)
+    masks = {}
+    for case, label in labels.items():
+        truth, props = load_volume(label)
+        masks[case] = workdir / "oracle_masks" / f"{case}.npy"
+        masks[case].parent.mkdir(exist_ok=True)
+        np.save(masks[case], resample_labels(truth > 0, shape_at_spacing(props.shape, props.spacing_mm,
+                                                                          coarse.spacing_mm), [0, 1]))
+    return masks
+
+
+def child(case_id: str, image: Path, mask_file: Path, out: Path, models: Path) -> None:
+    """One case in this process: untrained nets, coarse output replaced by the ground truth's mask.
+    Prints the case's summary row and, where this kitsseg has one, its profile (JSON)."""
     import numpy as np
     import torch
     from kitsseg.inference.predictor import Predictor
     from kitsseg.inference.run import predict_case
-    from kitsseg.io import load_volume
+    from kitsseg.io import read_properties
     from kitsseg.planning import COARSE
-    from kitsseg.resampling import resample_labels, shape_at_spacing
+    from kitsseg.resampling import shape_at_spacing
 
     predictor = Predictor.from_model_dir(models, ["0"], "cpu")
-    truth, props = load_volume(label)
-    coarse = predictor.plans.stage(COARSE)
-    shape = shape_at_spacing(props.shape, props.spacing_mm, coarse.spacing_mm)
-    mask = torch.from_numpy(resample_labels(truth > 0, shape, [0, 1]).astype(np.float32))
-    del truth
+    props = read_properties(image)  # a header read, no voxels
+    shape = shape_at_spacing(props.shape, props.spacing_mm, predictor.plans.stage(COARSE).spacing_mm)
+    mask = torch.from_numpy(np.load(mask_file).astype(np.float32))
+    if tuple(mask.shape) != tuple(shape):
+        raise SystemExit(f"{mask_file}: mask of shape {tuple(mask.shape)}, the coarse grid is {shape}")
     network = predictor.coarse_models[0]
 
     def coarse_with_true_mask(x: torch.Tensor) -> torch.Tensor:
@@ -91,22 +129,90 @@ def child(case_id: str, image: Path, label: Path, out: Path, models: Path) -> No
         return torch.stack([1 - padded, padded])[None] * 20
 
     predictor.coarse_models = [coarse_with_true_mask]
-    print(json.dumps(predict_case(predictor, image, out / f"{case_id}.nii.gz")))
+    try:
+        from kitsseg.profiling import Profile
+    except ImportError:  # a kitsseg from before --profile
+        print(json.dumps({"row": predict_case(predictor, image, out / f"{case_id}.nii.gz")}))
+        return
+    profile = Profile()
+    with profile.active():
+        row = predict_case(predictor, image, out / f"{case_id}.nii.gz")
+    print(json.dumps({"row": row, "profile": profile.to_dict()}))
 
 
-def _kitsseg_case(workdir: Path, case_id: str, image: Path, label: Path, model_dir: Path | None) -> dict:
-    out = workdir / "kitsseg_predictions"
+def _kitsseg_case(workdir: Path, version: dict, case_id: str, image: Path, mask: Path, model_dir: Path | None) -> dict:
+    """One timed run of `version` (name, root of its models, env) on a case: seconds, peak RSS, profile."""
+    out = workdir / f"kitsseg_predictions_{version['name']}"
     out.mkdir(exist_ok=True)
+    log = workdir / f"kitsseg_{version['name']}_{case_id}.log"
     if model_dir:
-        command = ["kits_predict", "-i", str(_single_input(workdir, case_id, image)), "-o", str(out), "-m", str(model_dir), "-f", "0",
-                   "--device", "cpu", "--overwrite", "--quiet"]
+        command = ["kits_predict", "-i", str(_single_input(workdir, case_id, image)), "-o", str(out), "-m",
+                   str(model_dir), "-f", "0", "--device", "cpu", "--overwrite", "--quiet",
+                   *(["--profile"] if version["profiles"] else [])]
     else:
-        command = [sys.executable, str(HERE), "--child", case_id, str(image), str(label), str(out),
-                   str(workdir / "kitsseg_untrained")]
-    seconds, rss, code = run_measured(command, log=workdir / f"kitsseg_{case_id}.log")
+        command = [sys.executable, str(HERE), "--child", case_id, str(image), str(mask), str(out),
+                   str(version["root"] / "kitsseg_untrained")]
+    seconds, rss, code = run_measured(command, env=version["env"], log=log)
     if code:
-        raise SystemExit(f"kitsseg failed on {case_id}, see {workdir / f'kitsseg_{case_id}.log'}")
-    return {"seconds": seconds, "rss": rss}
+        raise SystemExit(f"kitsseg ({version['name']}) failed on {case_id}, see {log}")
+    if model_dir:
+        profiles = json.loads((out / "profile.json").read_text()) if version["profiles"] else {}
+        profile = profiles.get(case_id)
+    else:
+        profile = json.loads(log.read_text().strip().splitlines()[-1]).get("profile")
+    return {"seconds": seconds, "rss": rss, "profile": profile}
+
+
+def _before_version(workdir: Path, ref: str, source: Path) -> dict:
+    """`ref`'s kitsseg and plans, extracted beside the workdir, planned and with untrained models of its own."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    root = workdir / f"before_{sha}"
+    code = root / "code"
+    if not (code / "kitsseg" / "__init__.py").exists():
+        code.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "kitsseg", "plans"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+    _prepare(source, root, env)
+    return {"name": f"before_{sha}", "root": root, "env": env, "profiles": False}
+
+
+def _median_range(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v / scale for v in values]
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def _print_kitsseg(runs: dict, versions: list[dict], cases: list[str]) -> None:
+    """Wall time and peak RSS per case and version (median [min-max] over the repeats)."""
+    print(f"{'case':<11} {'kitsseg':<16} {'wall s, median [range]':>24} {'peak RSS GB':>20}")
+    for case in cases:
+        for version in versions:
+            r = runs[(version["name"], case)]
+            print(f"{case:<11} {version['name']:<16} {_median_range([x['seconds'] for x in r]):>24} "
+                  f"{_median_range([x['rss'] for x in r], 1e9, 2):>20}")
+        if len(versions) == 2:
+            before, after = (statistics.median(x["seconds"] for x in runs[(v["name"], case)]) for v in versions)
+            print(f"{case:<11} {'speed-up':<16} {before / after:23.1f}x")
+
+
+def _print_breakdown(case: str, runs: list[dict]) -> None:
+    """Seconds and peak RSS per stage (median [min-max] over the runs); the rest of the wall time is
+    the process's start (interpreter, imports, models)."""
+    from kitsseg.profiling import format_table
+
+    names = [name for name, _, _ in runs[0]["profile"]["stages"]]
+    stage = {name: [[s, p] for run in runs for n, s, p in run["profile"]["stages"] if n == name] for name in names}
+    rows = [(name, _median_range([s for s, _ in stage[name]], digits=2),
+             "-" if None in (p for _, p in stage[name]) else _median_range([p for _, p in stage[name]], 1e9, 2))
+            for name in names]
+    start = [run["seconds"] - sum(s for _, s, _ in run["profile"]["stages"]) for run in runs]
+    rows += [("rest: process start, imports, models", _median_range(start, digits=2), ""),
+             ("wall (process)", _median_range([run["seconds"] for run in runs], digits=2),
+              _median_range([run["rss"] for run in runs], 1e9, 2))]
+    print(f"\n{case}, {len(runs)} runs, median [min-max]:")
+    print(format_table(rows))
 
 
 # ---- nnU-Net ------------------------------------------------------------------------------------------
@@ -191,37 +297,57 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="trained kitsseg models (default: untrained, see above)")
     parser.add_argument("--nnunet-seconds", type=float, default=300, help="wall-clock limit per nnU-Net run")
     parser.add_argument("--skip-nnunet", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="timed kitsseg runs per case (default: 3)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES,
+                        help="a subset of the cases (planned and prepared on their own, under WORKDIR/subset_*)")
+    parser.add_argument("--before-ref", metavar="COMMIT", help="also time this commit's kitsseg, alternating "
+                        "with the working tree's (the before column)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        case_id, image, label, out, models = args.child
-        return child(case_id, Path(image), Path(label), Path(out), Path(models))
+        case_id, image, mask, out, models = args.child
+        return child(case_id, Path(image), Path(mask), Path(out), Path(models))
+    if args.prepare:
+        _convert_sources(*args.prepare)
+        _untrained_models(args.prepare[1])
+        return None
 
-    render_dir, _ = rendered_kits_source(args.workdir, "predict_source", CASES)
-    images = {c: render_dir / c / "imaging.nii.gz" for c in CASES}
-    labels = {c: render_dir / c / "segmentation.nii.gz" for c in CASES}
-    _convert_sources(args.workdir)
-    if not args.model_dir:
-        _untrained_models(args.workdir)
-    ours = {c: _kitsseg_case(args.workdir, c, images[c], labels[c], args.model_dir) for c in CASES}
+    cases = [c for c in CASES if c in args.cases]
+    root = args.workdir if cases == CASES else args.workdir / ("subset_" + "_".join(cases))
+    render_dir, source = rendered_kits_source(args.workdir, str(root.relative_to(args.workdir) / "predict_source"),
+                                              cases)
+    images = {c: render_dir / c / "imaging.nii.gz" for c in cases}
+    _prepare(source, root)
+    masks = _oracle_masks(root, {c: render_dir / c / "segmentation.nii.gz" for c in cases})
+    versions = [{"name": "current", "root": root, "env": None, "profiles": True}]
+    if args.before_ref:
+        versions.insert(0, _before_version(root, args.before_ref, source))
+    runs = {(v["name"], c): [] for v in versions for c in cases}
+    for _ in range(args.repeats):
+        for case in cases:
+            for version in versions:
+                runs[(version["name"], case)].append(_kitsseg_case(root, version, case, images[case], masks[case],
+                                                                   args.model_dir))
     theirs = {}
     if not args.skip_nnunet and shutil.which("nnUNetv2_predict"):
-        env = _nnunet_models(args.workdir)
+        env = _nnunet_models(root)
         for configuration in ("3d_fullres", "3d_lowres"):
-            for case in NNUNET_CASES:
-                theirs[(configuration, case)] = _nnunet_case(args.workdir, env, case, images[case], configuration,
+            for case in (c for c in NNUNET_CASES if c in cases):
+                theirs[(configuration, case)] = _nnunet_case(root, env, case, images[case], configuration,
                                                              args.nnunet_seconds)
     print(f"\nInference on CPU, one fold, no TTA, one case per process, on {machine_description()}")
     print("kitsseg: " + ("trained models " + str(args.model_dir) if args.model_dir else
                          "untrained paper VB-Nets, coarse output replaced by the true kidney mask (real VOI sizes)"))
-    print(f"{'case':<11} {'method':<22} {'wall s':>9} {'peak RSS GB':>12} {'nnU-Net/kitsseg':>16}  note")
-    for case in CASES:
-        print(f"{case:<11} {'kitsseg':<22} {ours[case]['seconds']:9.1f} {ours[case]['rss'] / 1e9:12.2f}")
-        for configuration in ("3d_fullres", "3d_lowres"):
-            if (configuration, case) in theirs:
-                r = theirs[(configuration, case)]
-                print(f"{case:<11} {'nnU-Net ' + configuration:<22} {r['seconds']:9.1f} {r['rss'] / 1e9:12.2f} "
-                      f"{r['seconds'] / ours[case]['seconds']:15.1f}x  {r['note']}")
+    _print_kitsseg(runs, versions, cases)
+    if theirs:
+        print(f"\n{'case':<11} {'method':<22} {'wall s':>9} {'peak RSS GB':>12} {'nnU-Net/kitsseg':>16}  note")
+    for (configuration, case), r in theirs.items():
+        ours = statistics.median(x["seconds"] for x in runs[("current", case)])
+        print(f"{case:<11} {'nnU-Net ' + configuration:<22} {r['seconds']:9.1f} {r['rss'] / 1e9:12.2f} "
+              f"{r['seconds'] / ours:15.1f}x  {r['note']}")
+    for case in cases:
+        _print_breakdown(case, runs[("current", case)])
 
 
 if __name__ == "__main__":
