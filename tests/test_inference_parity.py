@@ -1,6 +1,8 @@
-"""The faster cascade gives the labels the cascade gave before it (commit 459250e): the oracle
-cascade on real KiTS label geometry, compared with fingerprints (voxels per label, sha256 of the
-label array) that the earlier code produced on the same inputs."""
+"""The faster cascade gives the labels the cascade gave before it (#19): the oracle cascade on
+real KiTS label geometry, compared with fingerprints (voxels per label, sha256 of the label
+array) that the earlier code produced on the same inputs (459250e; 75d7ff9's inference code is
+the same). case_00151 (1059 slices, too slow for a unit test) was checked once the same way:
+identical sha256 (61b303ac...), 233 s -> 28 s with the oracles, niced under load."""
 import hashlib
 
 import numpy as np
