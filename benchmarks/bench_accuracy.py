@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import RENDER_SCRIPT, SHARED, machine_description  # noqa: E402
+from measure import RENDER_SCRIPT, SHARED, git_commit, machine_description  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # the first 40 KiTS19 cases (by id) with at most 120 slices, to keep CPU runs affordable
@@ -239,22 +239,24 @@ def main() -> None:
         times = kitsseg(workdir, args) if method == "kitsseg" else nnunet(workdir, args, method[len("nnunet_"):])
         scores = evaluate(workdir, name) if "note" not in times else {}
         rows.append({"method": name, "budget_min": args.budget_min, "device": args.device,
-                     "test_cases": len(test_cases), **times, **scores})
+                     "test_cases": len(test_cases), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "commit": git_commit(), "machine": machine_description(), **times, **scores})
         results.write_text(json.dumps(rows, indent=2))
     print(f"machine: {machine_description()}; {args.split} split: {len(train_cases)} training cases, "
           f"{len(test_cases)} held-out cases as listed (rendered images: synthetic intensities on real KiTS19 "
           f"geometry, not KiTS19 results)")
     header = ("method", "budget min", "device", "test cases", "kidney Dice", "tumour Dice", "KiTS19 composite",
-              "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s")
+              "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s", "date, commit")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
+        stamp = f"{row.get('date', 'before stamps')}, {row.get('commit', '?')}"
         start = f"| {row['method']} | {row['budget_min']:g} | {row['device']} | {row['test_cases']} |"
         if "note" in row:
-            print(f"{start} {row['note']} |")
+            print(f"{start} {row['note']} | {stamp} |")
             continue
         sd = "/".join(f"{row[f'{r}_sd']:.3f}" for r in ("kidney", "masses", "tumor"))
         print(f"{start} {row['kidney_dice']:.3f} | {row['tumor_dice']:.3f} | {row['composite_kits19']:.3f} | {sd} | "
-              f"{row['predict_s'] / row.get('predicted_cases', row['test_cases']):.1f} | {row['train_s']:.0f} |")
+              f"{row['predict_s'] / row.get('predicted_cases', row['test_cases']):.1f} | {row['train_s']:.0f} | {stamp} |")
 
 
 if __name__ == "__main__":

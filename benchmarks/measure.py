@@ -10,6 +10,7 @@ from pathlib import Path
 
 SHARED = Path(os.environ.get("KITSSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
 RENDER_SCRIPT = SHARED / "bench" / "render_ct.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tree_rss_bytes(root_pid: int) -> int:
@@ -61,6 +62,13 @@ def run_measured(command: list[str], env: dict | None = None, log: Path | None =
 
 def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def git_commit() -> str:
+    """The repository's short commit, with '+changes' when the work tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def machine_description() -> str:
