@@ -40,3 +40,19 @@ def test_a_checkpoint_without_its_keys_is_refused(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(KitssegError, match="lacks plans, stage, epoch"):
         load_checkpoint(path)
+
+
+def test_torch_requirement_excludes_versions_whose_weights_only_load_is_unsafe():
+    """Checkpoints rely on torch.load(weights_only=True): torch <= 2.5.1 (CVE-2025-32434) and <= 2.9.1
+    (CVE-2026-24747) can run or corrupt code from a crafted file; the CI's torch must still fit."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    requirements = [Requirement(line) for line in config["options"]["install_requires"].split("\n")
+                    if line.strip() and not line.strip().startswith("#")]
+    torch_spec = next(r.specifier for r in requirements if r.name == "torch")
+    assert not any(torch_spec.contains(v) for v in ("2.0.0", "2.5.1", "2.6.0", "2.9.1"))
+    assert torch_spec.contains("2.10.0") and torch_spec.contains("2.13.0")
