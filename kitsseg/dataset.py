@@ -12,7 +12,7 @@ from kitsseg.atomic import write_json
 from kitsseg.errors import KitssegError
 from kitsseg.io import CaseProperties, load_volume, read_properties
 from kitsseg.label_stats import label_histogram
-from kitsseg.labels import ClassMap, class_map_from_labels, label_file_values
+from kitsseg.labels import class_map_from_labels, label_file_values
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -58,10 +58,6 @@ class DatasetInfo:
     @property
     def label_values(self) -> set[int]:
         return label_file_values(self.labels)
-
-    @property
-    def classes(self) -> ClassMap:
-        return class_map_from_labels(self.labels)
 
 
 @dataclass(frozen=True)
