@@ -39,6 +39,20 @@ class IntensityConfig:
     mean: float = 0.0
     std: float = 1.0
 
+    @property
+    def padding_value(self) -> float:
+        """What air (any HU at or below the window's low end) normalises to: the one value
+        used wherever an image is padded (fine cache, crops, augmentation, inference).
+
+        >>> IntensityConfig().padding_value
+        -1.0
+        >>> IntensityConfig("percentile", (-100.0, 300.0), 100.0, 50.0).padding_value
+        -4.0
+        """
+        if self.scheme == "window":
+            return -1.0
+        return float((self.window_hu[0] - self.mean) / self.std)
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
