@@ -6,13 +6,13 @@ With `profile`, each case's stages are timed (printed, and kept in profile.json)
 """
 from __future__ import annotations
 
+import csv
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
@@ -25,7 +25,6 @@ from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
 from kitsseg.profiling import Profile, stage
 from kitsseg.provenance import write_run_record
-from kitsseg.visualization import overlay_png
 
 
 
@@ -81,6 +80,7 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
         if save_probabilities:
             save_probabilities_npz(result.probabilities, props, predictor.plans.classes, target.parent, case_id)
         if overlay:
+            from kitsseg.visualization import overlay_png  # matplotlib: 0.5 s of start-up, only when asked
             overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
         save_label_map(result.labels, props, target)
         volumes = volumes_ml(result.labels, props.spacing_mm, predictor.plans.classes)
@@ -112,10 +112,19 @@ def _existing_row(case_id: str, target: Path, previous: dict[str, dict], classes
 
 def _previous_rows(summary: Path) -> dict[str, dict]:
     try:
-        table = pd.read_csv(summary, dtype={"case": str})
-    except (OSError, ValueError):
+        with open(summary, newline="") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
         return {}
-    return {row["case"]: {k: v for k, v in row.items() if pd.notna(v)} for row in table.to_dict("records")}
+    return {row["case"]: {k: v for k, v in row.items() if k and v not in (None, "")}
+            for row in table if row.get("case")}
+
+
+def _write_summary(rows: list[dict], classes: ClassMap, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=summary_columns(classes), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
@@ -147,8 +156,7 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             rows.append({"case": case_id, "status": f"error: {exc}"})
-        with atomic_path(summary) as tmp:
-            pd.DataFrame(rows, columns=summary_columns(classes)).to_csv(tmp, index=False)
+        _write_summary(rows, classes, summary)
         if profile:
             write_json(profiles, out_dir / "profile.json")
     return failed
