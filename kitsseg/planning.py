@@ -21,6 +21,7 @@ from kitsseg.fingerprint import Fingerprint
 from kitsseg.labels import ClassMap, class_map_from_labels
 
 PLANS_VERSION = 1
+PREPROCESSING_VERSION = 2  # raise when the same plans make other preprocessed arrays: caches are rebuilt
 COARSE, FINE = "3d_coarse", "3d_fine"
 STAGES = (COARSE, FINE)
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper.json"
@@ -166,7 +167,8 @@ class Plans:
         """Hash of what determines a stage's preprocessed data (for idempotent reruns)."""
         stage = self.stage(name)
         key = {"intensity": asdict(self.intensity), "spacing_mm": stage.spacing_mm,
-               "voi_margin_mm": stage.voi_margin_mm, "labels": self.labels, "stage": name}
+               "voi_margin_mm": stage.voi_margin_mm, "labels": self.labels, "stage": name,
+               "preprocessing_version": PREPROCESSING_VERSION}
         return hashlib.sha256(json.dumps(_lists(key), sort_keys=True).encode()).hexdigest()[:16]
 
 

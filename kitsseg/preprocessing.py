@@ -4,7 +4,7 @@ Layered as in nnU-Net: `preprocess_coarse` / `preprocess_fine` are pure (arrays 
 arrays out), `preprocess_case` adds reading and writing, `preprocess_dataset` runs
 cases in parallel and skips those already up to date.
 
-Coarse: the whole scan at the coarse spacing -> `3d_coarse/<case>.npz`.
+Coarse: the whole scan at the coarse spacing, label 1 = kidney region -> `3d_coarse/<case>.npz`.
 Fine: each kidney's box plus `voi_margin_mm` at the fine spacing -> `3d_fine/<case>_voi<k>.npz`.
 Arrays: `image` float16 `(z, y, x)` normalised, `label` uint8 class indices (`plans.classes`:
 the label-file values mapped to 0 background, 1 organ, 2... lesions; KiTS keeps its values).
@@ -66,11 +66,15 @@ def _resample_box(image, label, box: Box, spacing_mm, stage: StagePlan, intensit
                        resample_labels(crop_label, shape, label_values), box, effective)
 
 
-def preprocess_coarse(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
-                      label_values: Sequence[int]) -> StageArrays:
-    """The whole scan at the coarse spacing."""
+COARSE_LABEL_VALUES = (0, 1)  # the coarse stage learns one class: the kidney region (label > 0)
+
+
+def preprocess_coarse(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig) -> StageArrays:
+    """The whole scan at the coarse spacing; the label is the kidney region (label > 0), resampled as
+    one mask, so a coarse voxel that is mostly kidney + lesions is foreground even when no single
+    class covers most of it."""
     whole = tuple(slice(0, n) for n in image.shape)
-    return _resample_box(image, label, whole, spacing_mm, stage, intensity, label_values)
+    return _resample_box(image, label > 0, whole, spacing_mm, stage, intensity, COARSE_LABEL_VALUES)
 
 
 def fine_boxes(label: np.ndarray, spacing_mm, stage: StagePlan) -> list[Box]:
@@ -167,18 +171,18 @@ def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Pat
     for name in todo:
         stage = plans.stage(name)
         if name == COARSE:
-            results = [preprocess_coarse(image, label, props.spacing_mm, stage, plans.intensity, label_values)]
-            names = [f"{case.case_id}.npz"]
+            results = [preprocess_coarse(image, label, props.spacing_mm, stage, plans.intensity)]
+            names, values = [f"{case.case_id}.npz"], COARSE_LABEL_VALUES
         else:
             boxes = fine_boxes(label, props.spacing_mm, stage)
             if memory is not None:
                 memory.require(case.image, held + _fine_bytes(boxes, props.spacing_mm, stage),
                                "the fine stage (kidney regions at its spacing)")
             results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values, boxes)
-            names = [f"{case.case_id}_voi{k}.npz" for k in range(len(results))]
+            names, values = [f"{case.case_id}_voi{k}.npz" for k in range(len(results))], label_values
             if not results:
                 warnings.warn(f"case {case.case_id}: no foreground, skipped for the fine stage")
-        _write_stage(out_dir / name, case.case_id, plans.stage_hash(name), props, results, names, label_values)
+        _write_stage(out_dir / name, case.case_id, plans.stage_hash(name), props, results, names, values)
         written[name] = len(results)
     return written
 

@@ -9,8 +9,9 @@ from kitsseg.errors import KitssegError
 from kitsseg.io import load_volume
 from kitsseg.paths import DatasetPaths
 from kitsseg.plan_and_preprocess import plan_and_preprocess
-from kitsseg.planning import COARSE, FINE
-from kitsseg.preprocessing import load_npz, read_sidecar
+from kitsseg.planning import COARSE, FINE, NetworkConfig
+from kitsseg.planning import IntensityConfig, StagePlan
+from kitsseg.preprocessing import load_npz, preprocess_coarse, read_sidecar
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def test_stages_cover_the_data(dataset):
         assert np.all(np.abs(np.asarray(image.shape) - extent / 6.0) <= 1.0)
         assert image.dtype == np.float16 and label.dtype == np.uint8 and image.shape == label.shape
         assert -1.0 <= image.min() and image.max() <= 1.0
+        assert label.max() == 1  # the coarse target is the kidney region, label > 0
         # fine: the boxes cover every kidney voxel, and the arrays are at ~1 mm
         covered = np.zeros(labels.shape, bool)
         fine = read_sidecar(dataset.stage_dir(FINE), case_id)
@@ -45,11 +47,28 @@ def test_stages_cover_the_data(dataset):
             assert label.shape == tuple(entry["shape"])
         assert covered[labels > 0].all()
         # no label lost at any stage
+        assert coarse["arrays"][0]["voxels_per_label"]["1"] > 0
         for value in np.unique(labels)[1:]:
-            assert coarse["arrays"][0]["voxels_per_label"][str(value)] > 0
             assert sum(e["voxels_per_label"][str(value)] for e in fine["arrays"]) > 0
     splits = json.loads(dataset.splits.read_text())
     assert len(splits) == 5 and sorted(c for f in splits for c in f["val"]) == [f"case_0000{i}" for i in range(5)]
+
+
+def test_coarse_voxel_mostly_kidney_and_tumour_is_foreground():
+    """Two 6 mm voxels from 0.6 mm ones: the first is 32% kidney + 28% tumour + 40% background (an
+    argmax per label calls it background), the second 40% kidney + 30% tumour; both are kidney region."""
+    label = np.zeros((20, 10, 10), np.uint8)
+    first, second = label[:10].reshape(-1), label[10:].reshape(-1)  # views: each 1000 voxels of one coarse voxel
+    first[:320], first[320:600] = 1, 2
+    second[:400], second[400:700] = 1, 2
+    stage = StagePlan(COARSE, (6.0, 6.0, 6.0), (16, 16, 16), 2, ("background", "kidney_region"), NetworkConfig())
+    coarse = preprocess_coarse(np.zeros(label.shape, np.float32), label, (0.6, 0.6, 0.6), stage, IntensityConfig())
+    assert coarse.label.shape == (2, 1, 1)
+    assert coarse.label.ravel().tolist() == [1, 1]
+    second[:] = 0
+    second[:180] = 1  # 18% kidney: background
+    coarse = preprocess_coarse(np.zeros(label.shape, np.float32), label, (0.6, 0.6, 0.6), stage, IntensityConfig())
+    assert coarse.label.ravel().tolist() == [1, 0]
 
 
 def test_fine_label_volume_is_preserved(dataset):
