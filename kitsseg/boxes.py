@@ -65,6 +65,21 @@ def grow_box(box: Box, margin_mm: Sequence[float], spacing_mm: Sequence[float],
     return tuple(out)
 
 
+def box_in_resampled(inner: Box, outer: Box, shape_out: Sequence[int]) -> Box:
+    """The voxels of `outer` resampled to `shape_out` that cover `inner` (a box inside `outer`, both in
+    the original voxels; output voxel j spans input [j, j + 1) * n_in / n_out, as in resampling.py).
+
+    >>> box_in_resampled((slice(3, 5), slice(0, 4), slice(1, 2)), (slice(2, 6), slice(0, 4), slice(0, 4)), (8, 2, 4))
+    (slice(2, 6, None), slice(0, 2, None), slice(1, 2, None))
+    """
+    out = []
+    for i, o, n in zip(inner, outer, shape_out):
+        scale = n / (o.stop - o.start)
+        out.append(slice(max(0, int(np.floor((i.start - o.start) * scale + 1e-9))),
+                         min(int(n), int(np.ceil((i.stop - o.start) * scale - 1e-9)))))
+    return tuple(out)
+
+
 def box_shape(box: Box) -> tuple[int, ...]:
     """Voxels along each axis of a box."""
     return tuple(s.stop - s.start for s in box)

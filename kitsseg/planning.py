@@ -28,6 +28,7 @@ DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper
 CPU_PRESET = DEFAULT_PRESET.parent / "cpu.json"
 MAX_LOADER_WORKERS = 12
 DEFAULT_GPU_MEMORY_GB = 8.0
+INFERENCE_CONTEXT_MM = 16.0  # fine VOIs at inference: real image per side (plans written before it: 0)
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,23 @@ class StagePlan:
     network: NetworkConfig
     voi_margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     training: TrainingRecipe = TrainingRecipe()
+    inference_context_mm: float = 0.0  # fine: real image the VOI is grown by, per side, before the fine pass
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def context_mm(self) -> tuple[float, float, float]:
+        """Fine stage: real image cached around each kidney's box, half a patch per side (at least the
+        VOI margin), so a crop centred anywhere in the kidney holds real anatomy, not padding.
+
+        >>> StagePlan(FINE, (1.5, 1.5, 1.5), (64, 64, 48), 2, ("b", "k"), NetworkConfig(), (12.0, 12.0, 40.0)).context_mm
+        (48.0, 48.0, 40.0)
+        """
+        if self.name != FINE:
+            return (0.0, 0.0, 0.0)
+        return tuple(max(p * s / 2, m) for p, s, m in zip(self.patch_size, self.spacing_mm, self.voi_margin_mm))
 
     @property
     def merges_foreground(self) -> bool:
@@ -167,7 +181,8 @@ class Plans:
         """Hash of what determines a stage's preprocessed data (for idempotent reruns)."""
         stage = self.stage(name)
         key = {"intensity": asdict(self.intensity), "spacing_mm": stage.spacing_mm,
-               "voi_margin_mm": stage.voi_margin_mm, "labels": self.labels, "stage": name,
+               "voi_margin_mm": stage.voi_margin_mm, "context_mm": stage.context_mm, "labels": self.labels,
+               "stage": name,
                "preprocessing_version": PREPROCESSING_VERSION}
         return hashlib.sha256(json.dumps(_lists(key), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -304,6 +319,8 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         recipe = _build(TrainingRecipe, {"num_workers": num_workers or loader_workers(),
                                          **stage_preset.get("training", {})})
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
-                                 margin if name == FINE else (0.0, 0.0, 0.0), recipe)
+                                 margin if name == FINE else (0.0, 0.0, 0.0), recipe,
+                                 float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)) if name == FINE
+                                 else 0.0)
     return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

@@ -5,7 +5,9 @@ arrays out), `preprocess_case` adds reading and writing, `preprocess_dataset` ru
 cases in parallel and skips those already up to date.
 
 Coarse: the whole scan at the coarse spacing, label 1 = kidney region -> `3d_coarse/<case>.npz`.
-Fine: each kidney's box plus `voi_margin_mm` at the fine spacing -> `3d_fine/<case>_voi<k>.npz`.
+Fine: each kidney's box plus `context_mm` of real image (half a fine patch, clipped to the scan) at the
+fine spacing -> `3d_fine/<case>_voi<k>.npz`; the sidecar's `voi` is the kidney's box plus `voi_margin_mm`
+in that array's voxels (where crops are centred), so crops around the kidney hold real anatomy.
 Arrays: `image` float16 `(z, y, x)` normalised, `label` uint8 class indices (`plans.classes`:
 the label-file values mapped to 0 background, 1 organ, 2... lesions; KiTS keeps its values).
 """
@@ -21,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from kitsseg.atomic import atomic_path, remove_leftovers, write_json
-from kitsseg.boxes import Box, box_from_list, box_shape, box_to_list, grow_box
+from kitsseg.boxes import Box, box_from_list, box_in_resampled, box_shape, box_to_list, grow_box
 from kitsseg.dataset import DatasetInfo, RawCase, load_case
 from kitsseg.io import read_header
 from kitsseg.kidneys import kidney_boxes
@@ -34,12 +36,24 @@ from kitsseg.resampling import resample, resample_labels, shape_at_spacing
 
 @dataclass(frozen=True)
 class StageArrays:
-    """One preprocessed array pair and where it came from in the canonical original volume."""
+    """One preprocessed array pair, where it came from in the canonical original volume (`box`), and
+    (fine stage) the kidney's VOI inside it, in the array's own voxels."""
 
     image: np.ndarray
     label: np.ndarray
     box: Box
     spacing_mm: tuple[float, float, float]
+    voi: Box | None = None
+
+
+@dataclass(frozen=True)
+class FineRegion:
+    """One kidney in the fine cache, in the original voxels: `cached` (the kidney's box grown by the
+    stage's context, clipped to the scan) is stored; `voi` (grown by the VOI margin) is where the
+    kidney's crops are centred and what inference cuts around a found kidney."""
+
+    cached: Box
+    voi: Box
 
 
 def normalise(image_hu: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
@@ -56,14 +70,15 @@ def normalise(image_hu: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
 
 
 def _resample_box(image, label, box: Box, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
-                  label_values: Sequence[int]) -> StageArrays:
+                  label_values: Sequence[int], voi: Box | None = None) -> StageArrays:
+    """`box` of the scan at the stage's spacing; `voi` (a box inside it) mapped to the result's voxels."""
     crop_image, crop_label = image[box], label[box]
     shape = shape_at_spacing(crop_image.shape, spacing_mm, stage.spacing_mm)
     effective = tuple(float(n * s / m) for n, s, m in zip(crop_image.shape, spacing_mm, shape))
     resampled_hu = resample(crop_image, shape)
     np.rint(resampled_hu, out=resampled_hu)  # whole HU, as the source CT; compresses far better
-    return StageArrays(normalise(resampled_hu, intensity),
-                       resample_labels(crop_label, shape, label_values), box, effective)
+    return StageArrays(normalise(resampled_hu, intensity), resample_labels(crop_label, shape, label_values),
+                       box, effective, None if voi is None else box_in_resampled(voi, box, shape))
 
 
 COARSE_LABEL_VALUES = (0, 1)  # the coarse stage learns one class: the kidney region (label > 0)
@@ -77,23 +92,25 @@ def preprocess_coarse(image, label, spacing_mm, stage: StagePlan, intensity: Int
     return _resample_box(image, label > 0, whole, spacing_mm, stage, intensity, COARSE_LABEL_VALUES)
 
 
-def fine_boxes(label: np.ndarray, spacing_mm, stage: StagePlan) -> list[Box]:
-    """Each kidney's box grown by the VOI margin."""
-    return [grow_box(box, stage.voi_margin_mm, spacing_mm, label.shape)
+def fine_boxes(label: np.ndarray, spacing_mm, stage: StagePlan) -> list[FineRegion]:
+    """Each kidney's box grown by the stage's context (cached) and by its VOI margin (the VOI)."""
+    return [FineRegion(grow_box(box, stage.context_mm, spacing_mm, label.shape),
+                       grow_box(box, stage.voi_margin_mm, spacing_mm, label.shape))
             for box in kidney_boxes(label > 0, spacing_mm)]
 
 
 def preprocess_fine(image, label, spacing_mm, stage: StagePlan, intensity: IntensityConfig,
-                    label_values: Sequence[int], boxes: Sequence[Box] | None = None) -> list[StageArrays]:
-    """Each kidney's box (`fine_boxes` unless given) at the fine spacing (never the whole scan)."""
-    if boxes is None:
-        boxes = fine_boxes(label, spacing_mm, stage)
-    return [_resample_box(image, label, box, spacing_mm, stage, intensity, label_values) for box in boxes]
+                    label_values: Sequence[int], regions: Sequence[FineRegion] | None = None) -> list[StageArrays]:
+    """Each kidney's region (`fine_boxes` unless given) at the fine spacing (never the whole scan)."""
+    if regions is None:
+        regions = fine_boxes(label, spacing_mm, stage)
+    return [_resample_box(image, label, r.cached, spacing_mm, stage, intensity, label_values, r.voi)
+            for r in regions]
 
 
-def _fine_bytes(boxes: Sequence[Box], spacing_mm, stage: StagePlan) -> int:
-    return sum(stage_bytes(box_shape(b), shape_at_spacing(box_shape(b), spacing_mm, stage.spacing_mm))
-               for b in boxes)
+def _fine_bytes(regions: Sequence[FineRegion], spacing_mm, stage: StagePlan) -> int:
+    shapes = [box_shape(r.cached) for r in regions]
+    return sum(stage_bytes(s, shape_at_spacing(s, spacing_mm, stage.spacing_mm)) for s in shapes)
 
 
 def _save_npz(arrays: StageArrays, path: Path) -> None:
@@ -109,10 +126,14 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _entry(arrays: StageArrays, file: str, label_values) -> dict:
-    counts = np.bincount(arrays.label.ravel(), minlength=max(label_values) + 1)
-    return {"file": file, "box": box_to_list(arrays.box), "spacing_mm": list(arrays.spacing_mm),
-            "shape": list(arrays.label.shape),
-            "voxels_per_label": {str(v): int(counts[v]) for v in label_values}}
+    """Sidecar entry; `voxels_per_label` counts the VOI's voxels (the whole array without one)."""
+    counted = arrays.label if arrays.voi is None else arrays.label[arrays.voi]
+    counts = np.bincount(counted.ravel(), minlength=max(label_values) + 1)
+    entry = {"file": file, "box": box_to_list(arrays.box), "spacing_mm": list(arrays.spacing_mm),
+             "shape": list(arrays.label.shape)}
+    if arrays.voi is not None:
+        entry["voi"] = box_to_list(arrays.voi)
+    return {**entry, "voxels_per_label": {str(v): int(counts[v]) for v in label_values}}
 
 
 def sidecar_path(stage_dir: Path, case_id: str) -> Path:
@@ -133,6 +154,8 @@ def read_sidecar(stage_dir: Path, case_id: str) -> dict:
     data = json.loads(sidecar_path(stage_dir, case_id).read_text())
     for entry in data["arrays"]:
         entry["box"] = box_from_list(entry["box"])
+        if "voi" in entry:
+            entry["voi"] = box_from_list(entry["voi"])
     return data
 
 
@@ -174,11 +197,12 @@ def preprocess_case(case: RawCase, info: DatasetInfo, plans: Plans, out_dir: Pat
             results = [preprocess_coarse(image, label, props.spacing_mm, stage, plans.intensity)]
             names, values = [f"{case.case_id}.npz"], COARSE_LABEL_VALUES
         else:
-            boxes = fine_boxes(label, props.spacing_mm, stage)
+            regions = fine_boxes(label, props.spacing_mm, stage)
             if memory is not None:
-                memory.require(case.image, held + _fine_bytes(boxes, props.spacing_mm, stage),
+                memory.require(case.image, held + _fine_bytes(regions, props.spacing_mm, stage),
                                "the fine stage (kidney regions at its spacing)")
-            results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values, boxes)
+            results = preprocess_fine(image, label, props.spacing_mm, stage, plans.intensity, label_values,
+                                      regions)
             names, values = [f"{case.case_id}_voi{k}.npz" for k in range(len(results))], label_values
             if not results:
                 warnings.warn(f"case {case.case_id}: no foreground, skipped for the fine stage")

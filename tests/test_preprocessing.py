@@ -11,7 +11,7 @@ from kitsseg.paths import DatasetPaths
 from kitsseg.plan_and_preprocess import plan_and_preprocess
 from kitsseg.planning import COARSE, FINE, NetworkConfig
 from kitsseg.planning import IntensityConfig, StagePlan
-from kitsseg.preprocessing import load_npz, preprocess_coarse, read_sidecar
+from kitsseg.preprocessing import load_npz, preprocess_coarse, preprocess_fine, read_sidecar
 
 
 @pytest.fixture
@@ -69,6 +69,25 @@ def test_coarse_voxel_mostly_kidney_and_tumour_is_foreground():
     second[:180] = 1  # 18% kidney: background
     coarse = preprocess_coarse(np.zeros(label.shape, np.float32), label, (0.6, 0.6, 0.6), stage, IntensityConfig())
     assert coarse.label.ravel().tolist() == [1, 0]
+
+
+def test_fine_cache_holds_half_a_patch_of_real_image_around_each_kidney():
+    """Kidneys at 2 x 1 x 1 mm, fine stage at 1 mm with 16 x 32 x 32 crops and a 4 mm VOI margin:
+    the context is 8 x 16 x 16 mm of real image per side, clipped to the scan, the VOI inside it."""
+    label = np.zeros((40, 100, 120), np.uint8)
+    label[8:12, 40:60, 50:70] = 1  # kidney A: z 16-24 mm, y 40-60, x 50-70
+    label[9:10, 45:50, 55:60] = 2
+    label[30:36, 70:90, 110:120] = 1  # kidney B touches the scan's last x voxel
+    image = np.full(label.shape, 150.0, np.float32)  # 150 HU -> 0 in the [-200, 500] window
+    stage = StagePlan(FINE, (1.0, 1.0, 1.0), (16, 32, 32), 2, ("background", "kidney", "tumor"),
+                      NetworkConfig(), (4.0, 4.0, 4.0))
+    a, b = preprocess_fine(image, label, (2.0, 1.0, 1.0), stage, IntensityConfig(), [0, 1, 2])
+    assert a.box == (slice(4, 16), slice(24, 76), slice(34, 86))  # the kidney's box + 4 / 16 / 16 voxels
+    assert a.image.shape == (24, 52, 52) and (a.image == 0).all()  # real image everywhere, no padding
+    assert a.voi == (slice(4, 20), slice(12, 40), slice(12, 40))  # box + 2 / 4 / 4 voxels, at 1 mm
+    assert (a.label[a.voi] > 0).sum() == (a.label > 0).sum() == 8 * 20 * 20
+    assert b.box == (slice(26, 40), slice(54, 100), slice(94, 120))
+    assert b.voi == (slice(4, 24), slice(12, 40), slice(12, 26))  # clipped at the scan: up to its end
 
 
 def test_fine_label_volume_is_preserved(dataset):
