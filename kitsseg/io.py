@@ -4,10 +4,16 @@ Every volume is brought to one canonical orientation at load: numpy arrays are
 `(z, y, x)` with axis 0 pointing superior, axis 1 posterior and axis 2 patient-left
 (LPS, ITK's physical frame), spacings are `(z, y, x)` in mm. The original geometry
 is kept in `CaseProperties` and restored exactly when a label map is written back.
+
+Each image axis is read as the physical axis nearest to it. An image more than
+`OBLIQUE_LIMIT_DEG` from the axes is oblique: the cascade sees it resampled onto the
+nearest axis-aligned grid (`align_to_axes`) and its labels return to the input's own grid
+by nearest neighbour (`labels_onto`).
 """
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
 import struct
 import zlib
@@ -22,6 +28,9 @@ from kitsseg.errors import KitssegError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))  # (positive, negative) per physical axis
+# beyond this angle between an image axis and the physical axis it is read as, the cascade resamples
+# the image onto the axes (training rotates its crops by up to 15 degrees, so closer images are left be)
+OBLIQUE_LIMIT_DEG = 15.0
 
 
 @dataclass(frozen=True)
@@ -83,14 +92,83 @@ def canonical_axes(direction) -> tuple[tuple[int, ...], tuple[bool, ...]]:
     >>> canonical_axes((0, 0, 1, 0, 1, 0, -1, 0, 0))  # KiTS19: slice axis first
     ((2, 1, 0), (True, False, False))
     """
-    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    nearest = nearest_axes(direction)
     perm, flips = [0, 0, 0], [False, False, False]
     for a in range(3):  # image axis a is numpy axis 2 - a
-        p = int(np.argmax(np.abs(d[:, a])))
-        perm[2 - p], flips[2 - p] = 2 - a, bool(d[p, a] < 0)
-    if sorted(perm) != [0, 1, 2]:
-        raise ValueError(f"direction {tuple(direction)} is not close to axis-aligned")
+        p = int(np.argmax(np.abs(nearest[:, a])))
+        perm[2 - p], flips[2 - p] = 2 - a, bool(nearest[p, a] < 0)
     return tuple(perm), tuple(flips)
+
+
+def nearest_axes(direction) -> np.ndarray:
+    """The signed permutation matrix nearest to a direction: each image axis (column) becomes the
+    physical axis, with its sign, that the assignment of all three axes brings closest (ties: the
+    first permutation in order).
+
+    >>> nearest_axes((0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)).astype(int).tolist()
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[a], a]) for a in range(3)))
+    nearest = np.zeros((3, 3))
+    for a, p in enumerate(best):
+        nearest[p, a] = -1.0 if d[p, a] < 0 else 1.0
+    return nearest
+
+
+def obliquity_deg(direction) -> float:
+    """The largest angle (degrees) between an image axis and the physical axis it is read as.
+
+    >>> round(obliquity_deg((0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)), 2)  # 36.87 degrees about z
+    36.87
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    cosines = np.abs((d * nearest_axes(direction)).sum(axis=0))
+    return float(np.degrees(np.arccos(np.clip(cosines.min(), 0.0, 1.0))))
+
+
+def is_oblique(props: CaseProperties) -> bool:
+    return obliquity_deg(props.direction) > OBLIQUE_LIMIT_DEG
+
+
+def axis_aligned_grid(props: CaseProperties) -> CaseProperties:
+    """The grid with the nearest axis-aligned direction that covers an image: each axis keeps the
+    spacing of the image axis read as it, and spans the image's voxel centres."""
+    direction = np.asarray(props.direction, dtype=float).reshape(3, 3)
+    nearest = nearest_axes(props.direction)
+    spacing = np.asarray(props.spacing_xyz, dtype=float)
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in props.size_xyz])), dtype=float)
+    physical = np.asarray(props.origin_xyz) + (corners * spacing) @ direction.T
+    along = physical @ nearest  # coordinates along the new axes
+    low, high = along.min(axis=0), along.max(axis=0)
+    size = np.ceil((high - low) / spacing - 1e-6).astype(int) + 1
+    return CaseProperties(tuple(int(n) for n in size), tuple(float(s) for s in spacing),
+                          tuple(float(v) for v in nearest @ low), tuple(float(v) for v in nearest.ravel()))
+
+
+def resample_onto(image: sitk.Image, grid: CaseProperties, labels: bool) -> sitk.Image:
+    """`image` on `grid` (same physical space): nearest neighbour and 0 outside for `labels`, else
+    linear, with the image's minimum (air, or the scanner's outside) outside the image."""
+    fill = 0.0
+    if not labels:
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)
+        fill = extremes.GetMinimum()
+    return sitk.Resample(image, list(grid.size_xyz), sitk.Transform(),
+                         sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, list(grid.origin_xyz),
+                         list(grid.spacing_xyz), list(grid.direction), fill, image.GetPixelID())
+
+
+def align_to_axes(image: sitk.Image) -> sitk.Image:
+    """An oblique image (`is_oblique`) resampled onto `axis_aligned_grid`; any other image as it is."""
+    props = CaseProperties.from_image(image)
+    return resample_onto(image, axis_aligned_grid(props), labels=False) if is_oblique(props) else image
+
+
+def labels_onto(labels: np.ndarray, grid: CaseProperties, target: CaseProperties) -> np.ndarray:
+    """A canonical label map on `grid` -> the canonical label map on `target`'s grid (nearest neighbour)."""
+    image = resample_onto(to_sitk(labels, grid), target, labels=True)
+    return np.ascontiguousarray(to_canonical(_array_view(image), target))  # the view keeps `image` alive
 
 
 def to_canonical(raw: np.ndarray, props: CaseProperties) -> np.ndarray:
@@ -260,19 +338,18 @@ def _array_view(image: sitk.Image) -> np.ndarray:
     return view
 
 
-def load_volume(path: Path | str, dtype=None) -> tuple[np.ndarray, CaseProperties]:
+def load_volume(path: Path | str, dtype=None, aligned: bool = False) -> tuple[np.ndarray, CaseProperties]:
     """Read a volume as a canonical `(z, y, x)` array plus its original geometry.
 
     With `dtype` None the array keeps the file's type and is a read-only (possibly
     strided) view of the image buffer, so a large CT is never copied; otherwise it is
-    a contiguous array of `dtype`.
+    a contiguous array of `dtype`. With `aligned`, an oblique image is resampled onto the
+    axes first (`align_to_axes`) and the geometry returned is that grid's.
     """
     image = read_image(path)
+    if aligned:
+        image = align_to_axes(image)
     props = CaseProperties.from_image(image)
-    try:
-        props.axes
-    except ValueError as exc:
-        raise KitssegError(f"{path}: {exc}") from None
     array = to_canonical(_array_view(image), props)
     if dtype is not None:
         return np.ascontiguousarray(array, dtype=dtype), props

@@ -25,7 +25,7 @@ from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.errors import KitssegError
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
 from kitsseg.inference.voi import coarse_mask_in_box, find_vois
-from kitsseg.io import CaseProperties, to_canonical, to_sitk
+from kitsseg.io import CaseProperties, align_to_axes, labels_onto, to_canonical, to_sitk
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
                             network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
@@ -252,7 +252,10 @@ class Predictor:
         return result
 
     def predict(self, image: sitk.Image) -> sitk.Image:
-        """A CT (any orientation) -> label map with exactly its geometry."""
+        """A CT (any orientation) -> label map with exactly its geometry (an oblique CT is predicted
+        on the axes, `align_to_axes`, and its labels taken back to its grid)."""
         props = CaseProperties.from_image(image)
-        image_hu = to_canonical(sitk.GetArrayViewFromImage(image), props)
-        return to_sitk(self.predict_array(image_hu, props.spacing_mm).labels, props)
+        aligned = align_to_axes(image)
+        grid = CaseProperties.from_image(aligned)
+        labels = self.predict_array(to_canonical(sitk.GetArrayViewFromImage(aligned), grid), grid.spacing_mm).labels
+        return to_sitk(labels if aligned is image else labels_onto(labels, grid, props), props)

@@ -20,7 +20,8 @@ from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
 from kitsseg.inference.predictor import Predictor
-from kitsseg.io import IMAGE_SUFFIXES, case_id_of, load_volume, read_header, save_label_map
+from kitsseg.io import (IMAGE_SUFFIXES, OBLIQUE_LIMIT_DEG, axis_aligned_grid, case_id_of, is_oblique, labels_onto,
+                        load_volume, read_header, save_label_map)
 from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
 from kitsseg.profiling import Profile, stage
@@ -69,8 +70,14 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
     start = time.perf_counter()
     with stage("read + canonical orientation"):
         header, itemsize = read_header(source)
-        predictor.require_memory(source, header.shape, header.spacing_mm, itemsize)
-        image_hu, props = load_volume(source)
+        oblique = is_oblique(header)  # predicted on the axes, its labels brought back to its own grid
+        if oblique and save_probabilities:
+            raise KitssegError(f"{source}: an oblique image (more than {OBLIQUE_LIMIT_DEG:g} degrees off the "
+                               "axes) is predicted on the axes, so its probabilities cannot be saved on its "
+                               "grid: predict it without --save-probabilities")
+        grid = axis_aligned_grid(header) if oblique else header
+        predictor.require_memory(source, grid.shape, grid.spacing_mm, itemsize)
+        image_hu, props = load_volume(source, aligned=oblique)
         if np.issubdtype(image_hu.dtype, np.floating) and not np.isfinite(image_hu).all():
             raise KitssegError(f"{source}: image holds NaN or infinite voxels")
     result = predictor.predict_array(image_hu, props.spacing_mm, keep_probabilities=save_probabilities,
@@ -82,8 +89,9 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
         if overlay:
             from kitsseg.visualization import overlay_png  # matplotlib: 0.5 s of start-up, only when asked
             overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
-        save_label_map(result.labels, props, target)
-        volumes = volumes_ml(result.labels, props.spacing_mm, predictor.plans.classes)
+        labels, own = (labels_onto(result.labels, props, header), header) if oblique else (result.labels, props)
+        save_label_map(labels, own, target)
+        volumes = volumes_ml(labels, own.spacing_mm, predictor.plans.classes)
     status = "ok" if result.kidneys_found else "warning: no kidney found"
     return {"status": status, "kidneys_found": result.kidneys_found, **volumes,
             "seconds": round(time.perf_counter() - start, 2)}
