@@ -34,7 +34,7 @@ class ResidualUnit(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(x + self.body(x))
+        return self.relu(self.body(x).add_(x))  # in place: no third full-width tensor
 
 
 def residual_stack(channels: int, count: int, config: NetworkConfig) -> nn.Sequential:
@@ -60,8 +60,10 @@ class UpBlock(nn.Module):
                                 nn.BatchNorm3d(out_channels - skip_channels), nn.ReLU(inplace=True))
         self.units = residual_stack(out_channels, units, config)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.units(torch.cat([self.up(x), skip], dim=1))
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Upsample `x`, concatenate the deepest skip, run the units. The skip is popped from `skips`
+        here so that nothing holds it once concatenated (at full resolution: 16 floats per voxel)."""
+        return self.units(torch.cat([self.up(x), skips.pop()], dim=1))
 
 
 class VBNet(nn.Module):
@@ -88,7 +90,7 @@ class VBNet(nn.Module):
             features.append(down(features[-1]))
         x = features.pop()
         for up in self.ups:
-            x = up(x, features.pop())
+            x = up(x, features)
         return self.head(x)
 
 
