@@ -44,9 +44,10 @@ def network_from_checkpoint(path: Path, device: str | torch.device = "cpu") -> t
     """The network of a checkpoint in eval mode, with its plans and stage plan."""
     state = load_checkpoint(path, device)
     plans, stage = stage_from_checkpoint(state, str(path))
-    network = VBNet(stage.network)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
+        network = VBNet(stage.network)
     try:
-        network.load_state_dict(state["state_dict"])
+        network.load_state_dict(state["state_dict"], assign=True)
     except RuntimeError as exc:
         raise KitssegError(f"{path}: weights do not match the stage's network "
                            f"({str(exc).splitlines()[0]})") from None

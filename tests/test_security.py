@@ -51,8 +51,27 @@ def test_torch_requirement_excludes_versions_whose_weights_only_load_is_unsafe()
 
     config = configparser.ConfigParser()
     config.read(Path(__file__).resolve().parents[1] / "setup.cfg")
-    requirements = [Requirement(line) for line in config["options"]["install_requires"].split("\n")
-                    if line.strip() and not line.strip().startswith("#")]
+    listed = config["options"]["install_requires"] + config["options.extras_require"]["torch"]
+    requirements = [Requirement(line) for line in listed.split("\n") if line.strip() and not line.strip().startswith("#")]
     torch_spec = next(r.specifier for r in requirements if r.name == "torch")
     assert not any(torch_spec.contains(v) for v in ("2.0.0", "2.5.1", "2.6.0", "2.9.1"))
     assert torch_spec.contains("2.10.0") and torch_spec.contains("2.13.0")
+
+
+@pytest.mark.parametrize("damage", ["missing", "shape"])
+def test_a_checkpoint_whose_weights_do_not_fit_its_network_is_refused(tmp_path, damage):
+    from kitsseg.checkpoint import network_from_checkpoint
+    from kitsseg.network.vbnet import VBNet
+    from kitsseg.planning import FINE
+    from tests.test_predictor import paper_plans
+
+    plans = paper_plans()
+    state = VBNet(plans.stage(FINE).network).state_dict()
+    if damage == "missing":
+        del state["head.weight"]
+    else:
+        state["head.weight"] = torch.zeros(1, 1, 1, 1, 1)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": state, "plans": plans.to_dict(), "stage": FINE, "epoch": 1}, path)
+    with pytest.raises(KitssegError, match="weights do not match"):
+        network_from_checkpoint(path)
