@@ -19,7 +19,7 @@ from kitsseg.dataset import list_cases
 from kitsseg.errors import KitssegError
 from kitsseg.evaluation import REGIONS, evaluate_folders
 from kitsseg.inference.predictor import CHECKPOINT, Predictor
-from kitsseg.io import load_volume, save_label_map
+from kitsseg.io import IMAGE_SUFFIXES, load_volume, save_label_map
 from kitsseg.paths import DatasetPaths
 from kitsseg.planning import STAGES
 from kitsseg.postprocessing import PostprocessConfig
@@ -31,6 +31,15 @@ DICE_COLUMNS = [f"{region}_dice" for region in REGIONS]
 def trained_folds(results: Path) -> list[str]:
     found = [{p.parent.name[5:] for p in (results / s).glob(f"fold_*/{CHECKPOINT}")} for s in STAGES]
     return sorted((found[0] & found[1]) - {"all"})
+
+
+def remove_label_maps(folders: Sequence[Path]) -> None:
+    """Delete the label maps (and reference links) in `folders`, so a rerun with other folds or new
+    checkpoints evaluates only the cases it predicts, with its own models."""
+    for folder in folders:
+        for path in Path(folder).glob("*"):
+            if path.name.endswith(IMAGE_SUFFIXES) and (path.is_file() or path.is_symlink()):
+                path.unlink()
 
 
 def decide_postprocessing(unprocessed: dict, postprocessed: dict) -> bool:
@@ -50,6 +59,8 @@ def run_crossval(paths: DatasetPaths, folds: Sequence[str] | None = None, device
     images = {c.case_id: c.image for c in cases}
     out = paths.results / "crossval"
     folders = {"unprocessed": out / "unprocessed", "postprocessed": out / "postprocessed"}
+    references = out / "references"
+    remove_label_maps([*folders.values(), references])  # an earlier run's: never pooled with this run's
     checkpoints = []
     for fold in folds:
         predictor = Predictor.from_model_dir(paths.results, [fold], device, postprocess=PostprocessConfig(True))
@@ -62,7 +73,6 @@ def run_crossval(paths: DatasetPaths, folds: Sequence[str] | None = None, device
     for folder in folders.values():
         write_run_record(folder, predictor.plans, folds, checkpoints, {"command": "kits_crossval", "device": device})
     validated = {c for fold in folds for c in splits[int(fold)]["val"]}
-    references = out / "references"
     references.mkdir(parents=True, exist_ok=True)
     for case in cases:
         link = references / case.label.name

@@ -1,6 +1,7 @@
 """Bad inputs x commands: one clear 'error:' line naming the file (or a warning and a skip),
 a non-zero exit for errors, no traceback, no partial output, the other cases still processed."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -159,19 +160,29 @@ def test_unsafe_case_id_is_refused(tmp_path, phantom_raw, capsys):
     assert "case_..00001" in capsys.readouterr().err
 
 
-def test_read_only_output_folder(tmp_path, phantom_raw, tiny_models, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o500)
+@pytest.mark.parametrize("blocked", ["read-only folder", "folder under a regular file"])
+def test_unwritable_output_folder(blocked, tmp_path, phantom_raw, tiny_models, capsys):
+    """One line naming the folder, exit 1. Root ignores a folder's permissions, so the read-only folder
+    is checked as another user only; no one, root included, can make a folder inside a regular file."""
+    if blocked == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder; the folder under a regular file runs instead")
+        out = tmp_path / "out"
+        out.mkdir()
+        out.chmod(0o500)
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        out = tmp_path / "file" / "out"
     try:
         code = cli.predict_main(["-i", str(phantom_raw / "imagesTr" / f"{GOOD}_0000.nii.gz"), "-o", str(out),
                                  "-m", str(tiny_models), "--device", "cpu", "--quiet"])
     finally:
-        out.chmod(0o700)
+        if out.is_dir():
+            out.chmod(0o700)
     err = capsys.readouterr().err
-    if code == 0:  # root ignores permissions: nothing to check there
-        pytest.skip("running as root: the folder is writable anyway")
-    assert "Traceback" not in err and str(out) in err
+    assert code == 1 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and str(tmp_path) in err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_dataset_json_missing_key_and_plans_with_a_wrong_type(tmp_path, phantom_raw, capsys):

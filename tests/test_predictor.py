@@ -1,6 +1,7 @@
 """The cascade with oracle 'networks' (images whose intensities encode the labels), fake folds,
 untrained tiny checkpoints, and the kits_predict command."""
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -85,12 +86,25 @@ def test_folds_are_averaged():
     np.testing.assert_allclose(probabilities[:, 3, 4, 5], [0.625, 0.375], rtol=1e-5)
 
 
-def test_tta_averages_mirrorings():
+def test_tta_averages_the_eight_mirrorings():
+    """A 'network' whose logit is a ramp along all three axes (a different slope on each): with TTA
+    each voxel gets the mean of the softmax at its 8 mirror images, written out here."""
     plans = paper_plans(cysts=False)
-    ramp = lambda x: torch.cat([torch.zeros_like(x), torch.arange(x.shape[-1]).float().expand_as(x)], 1)  # noqa: E731
+    slopes, shape = (0.05, 0.11, 0.23), (16, 16, 16)  # one pass, no padding (stride 16)
+
+    def ramp(x):
+        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in x.shape[2:]], indexing="ij")
+        logit = sum(s * g for s, g in zip(slopes, grids)) - 2.0
+        return torch.cat([torch.zeros_like(x), logit.expand_as(x)], 1)
+
     predictor = Predictor(plans, [ramp], [fine_oracle(3)], tta=True)
-    p = predictor._probabilities(predictor.coarse_models, plans.stage(COARSE), np.zeros((16, 16, 16), np.float32))
-    np.testing.assert_allclose(p[:, 0, 0, 0], p[:, 0, 0, 15], rtol=1e-5)  # symmetric after mirroring
+    p = predictor._probabilities(predictor.coarse_models, plans.stage(COARSE), np.zeros(shape, np.float32))
+    index = np.indices(shape).astype(np.float64)
+    expected = np.mean([1 / (1 + np.exp(-(sum(s * (n - 1 - i if flip else i) for s, n, i, flip
+                                              in zip(slopes, shape, index, flips)) - 2.0)))
+                        for flips in itertools.product((False, True), repeat=3)], axis=0)
+    np.testing.assert_allclose(p[1], expected, rtol=1e-5)
+    np.testing.assert_allclose(p[0], 1 - expected, rtol=1e-5)
 
 
 def test_no_kidney_gives_an_empty_map():
