@@ -13,6 +13,11 @@ VOIs, and hence the fine stage's work, have their real size. That mask is comput
 timed run and read by the timed process from a .npy file: a real run does not resample a
 reference label map, so neither does the timed one.
 
+`--engines torch onnxruntime` runs the working tree's kitsseg with each engine (the engine column):
+for ONNX Runtime the models are first exported as a bundle (kits_export, untimed) and run from it
+with `kits_predict --engine onnxruntime` (or, untrained, the same coarse-mask substitution in
+numpy: that process never imports torch).
+
 `--before-ref COMMIT` also runs that commit's kitsseg (its `kitsseg` and `plans` folders,
 extracted with git archive, first on PYTHONPATH; with its own planning and untrained models)
 in the same protocol, alternating with the working tree's per case and repeat: the "before"
@@ -24,6 +29,7 @@ stopped and extrapolated from nnU-Net's progress bar (tiles done, seconds per ti
 
     python benchmarks/bench_predict.py [--workdir bench_work] [--model-dir DIR] [--nnunet-seconds 300]
         [--skip-nnunet] [--repeats 3] [--cases case_00004 ...] [--before-ref COMMIT]
+        [--engines torch onnxruntime]
 """
 from __future__ import annotations
 
@@ -103,6 +109,50 @@ def _oracle_masks(workdir: Path, labels: dict[str, Path]) -> dict[str, Path]:
     return masks
 
 
+def child_onnx(case_id: str, image: Path, mask_file: Path, out: Path, bundle: Path) -> None:
+    """`child` with the ONNX Runtime engine from a bundle: the coarse session runs, its output is replaced
+    by the ground truth's mask, in numpy (this process does not import torch)."""
+    import numpy as np
+    from kitsseg.deploy.bundle import predictor_from_bundle
+    from kitsseg.inference.run import predict_case
+    from kitsseg.io import read_properties
+    from kitsseg.planning import COARSE
+    from kitsseg.profiling import Profile
+    from kitsseg.resampling import shape_at_spacing
+
+    predictor = predictor_from_bundle(bundle, "onnxruntime", ["0"])
+    props = read_properties(image)
+    shape = shape_at_spacing(props.shape, props.spacing_mm, predictor.plans.stage(COARSE).spacing_mm)
+    mask = np.load(mask_file).astype(np.float32)
+    session = predictor.coarse_models[0]
+
+    class CoarseWithTrueMask:
+        def get_inputs(self):
+            return session.get_inputs()
+
+        def run(self, outputs, feeds):
+            session.run(outputs, feeds)  # the real work, result discarded
+            x = next(iter(feeds.values()))
+            padded = np.zeros(x.shape[2:], np.float32)
+            padded[: shape[0], : shape[1], : shape[2]] = mask
+            return [np.stack([1 - padded, padded])[None] * 20]
+
+    predictor.coarse_models = [CoarseWithTrueMask()]
+    profile = Profile()
+    with profile.active():
+        row = predict_case(predictor, image, out / f"{case_id}.nii.gz")
+    print(json.dumps({"row": row, "profile": profile.to_dict()}))
+
+
+def _bundle(root: Path, models: Path, folds: list[str], env: dict | None) -> Path:
+    """The models exported as a bundle for the ONNX Runtime engine (once, untimed)."""
+    bundle = root / f"{models.name}.kitsseg.zip"
+    if not bundle.exists():
+        subprocess.run(["kits_export", "-m", str(models), "-f", *folds, "-o", str(bundle), "--quiet"], env=env,
+                       check=True)
+    return bundle
+
+
 def child(case_id: str, image: Path, mask_file: Path, out: Path, models: Path) -> None:
     """One case in this process: untrained nets, coarse output replaced by the ground truth's mask.
     Prints the case's summary row and, where this kitsseg has one, its profile (JSON)."""
@@ -145,13 +195,17 @@ def _kitsseg_case(workdir: Path, version: dict, case_id: str, image: Path, mask:
     out = workdir / f"kitsseg_predictions_{version['name']}"
     out.mkdir(exist_ok=True)
     log = workdir / f"kitsseg_{version['name']}_{case_id}.log"
+    onnx = version.get("engine") == "onnxruntime"
     if model_dir:
+        models = _bundle(workdir, model_dir, ["0"], version["env"]) if onnx else model_dir
         command = ["kits_predict", "-i", str(_single_input(workdir, case_id, image)), "-o", str(out), "-m",
-                   str(model_dir), "-f", "0", "--device", "cpu", "--overwrite", "--quiet",
-                   *(["--profile"] if version["profiles"] else [])]
+                   str(models), "-f", "0", "--device", "cpu", "--overwrite", "--quiet",
+                   *(["--engine", "onnxruntime"] if onnx else []), *(["--profile"] if version["profiles"] else [])]
     else:
-        command = [sys.executable, str(HERE), "--child", case_id, str(image), str(mask), str(out),
-                   str(version["root"] / "kitsseg_untrained")]
+        models = version["root"] / "kitsseg_untrained"
+        models = _bundle(workdir, models, ["0"], version["env"]) if onnx else models
+        command = [sys.executable, str(HERE), "--child-onnx" if onnx else "--child", case_id, str(image), str(mask),
+                   str(out), str(models)]
     seconds, rss, code = run_measured(command, env=version["env"], log=log)
     if code:
         raise SystemExit(f"kitsseg ({version['name']}) failed on {case_id}, see {log}")
@@ -186,12 +240,12 @@ def _median_range(values: list[float], scale: float = 1.0, digits: int = 1) -> s
 
 def _print_kitsseg(runs: dict, versions: list[dict], cases: list[str]) -> None:
     """Wall time and peak RSS per case and version (median [min-max] over the repeats)."""
-    print(f"{'case':<11} {'kitsseg':<16} {'wall s, median [range]':>24} {'peak RSS GB':>20}")
+    print(f"{'case':<11} {'kitsseg':<16} {'engine':<12} {'wall s, median [range]':>24} {'peak RSS GB':>20}")
     for case in cases:
         for version in versions:
             r = runs[(version["name"], case)]
-            print(f"{case:<11} {version['name']:<16} {_median_range([x['seconds'] for x in r]):>24} "
-                  f"{_median_range([x['rss'] for x in r], 1e9, 2):>20}")
+            print(f"{case:<11} {version['name']:<16} {version.get('engine', 'torch'):<12} "
+                  f"{_median_range([x['seconds'] for x in r]):>24} {_median_range([x['rss'] for x in r], 1e9, 2):>20}")
         if len(versions) == 2:
             before, after = (statistics.median(x["seconds"] for x in runs[(v["name"], case)]) for v in versions)
             print(f"{case:<11} {'speed-up':<16} {before / after:23.1f}x")
@@ -302,12 +356,18 @@ def main() -> None:
                         help="a subset of the cases (planned and prepared on their own, under WORKDIR/subset_*)")
     parser.add_argument("--before-ref", metavar="COMMIT", help="also time this commit's kitsseg, alternating "
                         "with the working tree's (the before column)")
+    parser.add_argument("--engines", nargs="+", choices=["torch", "onnxruntime"], default=["torch"],
+                        help="engines to time the working tree's kitsseg with (default: torch)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child-onnx", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         case_id, image, mask, out, models = args.child
         return child(case_id, Path(image), Path(mask), Path(out), Path(models))
+    if args.child_onnx:
+        case_id, image, mask, out, bundle = args.child_onnx
+        return child_onnx(case_id, Path(image), Path(mask), Path(out), Path(bundle))
     if args.prepare:
         _convert_sources(*args.prepare)
         _untrained_models(args.prepare[1])
@@ -320,7 +380,8 @@ def main() -> None:
     images = {c: render_dir / c / "imaging.nii.gz" for c in cases}
     _prepare(source, root)
     masks = _oracle_masks(root, {c: render_dir / c / "segmentation.nii.gz" for c in cases})
-    versions = [{"name": "current", "root": root, "env": None, "profiles": True}]
+    versions = [{"name": "current" if engine == "torch" else f"current_{engine}", "root": root, "env": None,
+                 "profiles": True, "engine": engine} for engine in args.engines]
     if args.before_ref:
         versions.insert(0, _before_version(root, args.before_ref, source))
     runs = {(v["name"], c): [] for v in versions for c in cases}
@@ -343,11 +404,13 @@ def main() -> None:
     if theirs:
         print(f"\n{'case':<11} {'method':<22} {'wall s':>9} {'peak RSS GB':>12} {'nnU-Net/kitsseg':>16}  note")
     for (configuration, case), r in theirs.items():
-        ours = statistics.median(x["seconds"] for x in runs[("current", case)])
+        ours = statistics.median(x["seconds"] for x in runs[(versions[-1]["name"], case)])
         print(f"{case:<11} {'nnU-Net ' + configuration:<22} {r['seconds']:9.1f} {r['rss'] / 1e9:12.2f} "
               f"{r['seconds'] / ours:15.1f}x  {r['note']}")
-    for case in cases:
-        _print_breakdown(case, runs[("current", case)])
+    for version in (v for v in versions if v["profiles"]):
+        for case in cases:
+            print(f"\n{version['name']} (engine {version['engine']}):", end="")
+            _print_breakdown(case, runs[(version["name"], case)])
 
 
 if __name__ == "__main__":

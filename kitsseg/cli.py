@@ -221,12 +221,22 @@ def _predict(args: argparse.Namespace) -> int:
     from kitsseg.memory import MemoryBudget
     from kitsseg.postprocessing import PostprocessConfig
 
+    from kitsseg.deploy.bundle import is_bundle, predictor_from_bundle
+
     model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
     postprocess = PostprocessConfig(keep_largest_kidney_component=False) if args.no_postprocess else None
-    predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess,
-                                         MemoryBudget.resolve(args.memory_gb))
+    memory = MemoryBudget.resolve(args.memory_gb)
+    if is_bundle(model_dir):
+        predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, postprocess,
+                                          memory)
+    elif args.engine != "torch":
+        raise KitssegError(f"{model_dir}: --engine {args.engine} runs a model bundle (-m model.kitsseg.zip, "
+                           "written by kits_export), not a model folder")
+    else:
+        predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess, memory)
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
-                            args.save_probabilities, args.overlays, _arguments(args), args.profile)
+                            args.save_probabilities, args.overlays, _arguments(args), args.profile,
+                            args.output_format)
     print(f"predictions and summary.csv in {args.output}")
     if failed:
         print(f"error: {failed} case(s) failed (see summary.csv)", file=sys.stderr)
@@ -242,10 +252,17 @@ def predict_main(argv: list[str] | None = None) -> int:
                         help="an image (.nii.gz .nii .nrrd .mha), a folder of images (a _0000 suffix is "
                              "stripped), a DICOM series folder, or a folder of DICOM series folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    parser.add_argument("-m", "--model-dir", help="trained models (default: ROOT/results/NAME)")
+    parser.add_argument("-m", "--model-dir", help="trained models: a model folder, or a model bundle "
+                        "(model.kitsseg.zip from kits_export) (default: ROOT/results/NAME)")
     _add_common(parser)
     parser.add_argument("-f", "--folds", nargs="+", help="folds to ensemble: 0-4 and/or all "
                         "(default: every fold trained for both stages)")
+    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                        help="torch (default), or onnxruntime: the bundle's ONNX networks on the CPU, no PyTorch "
+                             "needed (pip install 'kitsseg[deploy]'; -m must be a bundle)")
+    parser.add_argument("--output-format", choices=["nifti", "dicom-seg"], default="nifti",
+                        help="nifti (default): <case>.nii.gz; dicom-seg: also <case>.seg.dcm, a DICOM "
+                             "Segmentation referencing the input series (DICOM series inputs only)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto = CUDA when available (default)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
@@ -263,6 +280,46 @@ def predict_main(argv: list[str] | None = None) -> int:
                              "writing) and write them to OUT/profile.json")
     _add_memory_budget(parser, "per case")
     return _run(parser, _predict, argv)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kitsseg.deploy.export import export_bundle
+
+    paths = _dataset_paths(args)
+    model_dir = Path(args.model_dir) if args.model_dir else paths.results
+    report = (lambda line: None) if args.quiet else print
+    metadata = export_bundle(model_dir, Path(args.output), args.folds, paths.raw, paths.fingerprint, report)
+    print(f"model bundle: {args.output} (folds {', '.join(metadata['folds'])})")
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = _parser(
+        prog="kits_export", description="Write a trained cascade as one model bundle file: per stage and fold "
+        "the weights (safetensors), plans and network as ONNX (checked against PyTorch on random inputs), the "
+        "postprocessing decision and metadata.json. kits_predict -m BUNDLE runs it, also with "
+        "--engine onnxruntime and no PyTorch installed; kits_inspect BUNDLE shows the metadata.")
+    parser.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="file to write, e.g. model.kitsseg.zip")
+    parser.add_argument("-m", "--model-dir", help="trained models (default: ROOT/results/NAME)")
+    parser.add_argument("-f", "--folds", nargs="+", help="folds to include (default: every fold trained for both "
+                        "stages)")
+    _add_common(parser)
+    return _run(parser, _export, argv)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from kitsseg.deploy.bundle import describe, open_bundle
+
+    print(describe(open_bundle(Path(args.bundle)).metadata))
+    return 0
+
+
+def inspect_main(argv: list[str] | None = None) -> int:
+    parser = _parser(prog="kits_inspect", description="Check a model bundle and print its metadata (labels, "
+                     "stages' spacings and patch sizes, normalisation, versions, cross-validation, training data).")
+    parser.add_argument("bundle", metavar="BUNDLE", help="a model bundle (model.kitsseg.zip)")
+    _add_common(parser, dataset=False)
+    return _run(parser, _inspect, argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -386,7 +443,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 _COMMANDS = {"convert": convert_main, "plan_and_preprocess": plan_and_preprocess_main, "train": train_main,
              "predict": predict_main, "evaluate": evaluate_main, "demo": demo_main, "crossval": crossval_main,
-             "ensemble": ensemble_main, "overlay": overlay_main}
+             "ensemble": ensemble_main, "overlay": overlay_main, "export": export_main, "inspect": inspect_main}
 
 if __name__ == "__main__":  # python -m kitsseg.cli COMMAND ... (used by torchrun)
     sys.argv = [f"kits_{sys.argv[1]}", *sys.argv[2:]]

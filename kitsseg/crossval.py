@@ -18,7 +18,8 @@ from kitsseg.atomic import write_json
 from kitsseg.dataset import list_cases
 from kitsseg.errors import KitssegError
 from kitsseg.evaluation import REGIONS, evaluate_folders
-from kitsseg.inference.predictor import CHECKPOINT, Predictor
+from kitsseg.inference.predictor import Predictor
+from kitsseg.inference.torch_engine import CHECKPOINT
 from kitsseg.io import IMAGE_SUFFIXES, load_volume, save_label_map
 from kitsseg.paths import DatasetPaths
 from kitsseg.planning import STAGES

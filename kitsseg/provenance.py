@@ -5,6 +5,7 @@ import datetime
 import hashlib
 import json
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -28,12 +29,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def installed_version(package: str) -> str | None:
+    """A package's installed version without importing it (None when absent: the ONNX Runtime path has no torch)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def write_run_record(out_dir: Path, plans: Plans, folds: Sequence[str], checkpoints: Sequence[Path],
                      arguments: dict) -> dict:
     """Write `out_dir/kitsseg_run.json` and return it."""
-    import torch  # noqa: PLC0415 (only its version)
-
-    record = {"kitsseg_version": __version__, "torch_version": torch.__version__,
+    record = {"kitsseg_version": __version__, "torch_version": installed_version("torch"),
+              "onnxruntime_version": installed_version("onnxruntime"),
               "python_version": platform.python_version(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "dataset_name": plans.dataset_name, "plans_sha256": plans_hash(plans), "folds": list(folds),

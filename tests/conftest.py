@@ -84,3 +84,13 @@ def tiny_models(tmp_path_factory) -> Path:
         save_checkpoint({"state_dict": VBNet(plans.stage(stage).network).state_dict(), "plans": plans.to_dict(),
                          "stage": stage, "epoch": 0}, root / stage / "fold_0" / "checkpoint_final.pt")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_models, tmp_path_factory) -> Path:
+    """tiny_models exported as a model bundle (weights, plans, ONNX networks)."""
+    from kitsseg.deploy.export import export_bundle
+
+    path = tmp_path_factory.mktemp("bundle") / "tiny.kitsseg.zip"
+    export_bundle(tiny_models, path, report=lambda line: None)
+    return path

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 COMMANDS = ["kits_convert", "kits_plan_and_preprocess", "kits_train", "kits_predict",
-            "kits_evaluate", "kits_demo", "kits_overlay", "kits_crossval", "kits_ensemble"]
+            "kits_evaluate", "kits_demo", "kits_overlay", "kits_crossval", "kits_ensemble", "kits_export",
+            "kits_inspect"]
 
 
 def run(*args, cwd=None):

@@ -9,7 +9,8 @@ import kitsseg
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(kitsseg.__path__, "kitsseg."))
 WITH_EXAMPLES = {"kitsseg.io", "kitsseg.label_stats", "kitsseg.labels", "kitsseg.postprocessing",
-                 "kitsseg.resampling", "kitsseg.inference.sliding_window"}
+                 "kitsseg.resampling", "kitsseg.inference.sliding_window", "kitsseg.inference.engine",
+                 "kitsseg.deploy.bundle", "kitsseg.dicom_seg", "kitsseg.kidney_sides"}
 
 
 @pytest.mark.parametrize("name", MODULES)

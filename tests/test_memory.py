@@ -130,7 +130,7 @@ def test_pass_allowance_is_the_budget_capped_at_the_peak_target():
 
 MEASURE_PASS = """
 import sys, torch
-from kitsseg.inference.predictor import fold_batch_norms
+from kitsseg.inference.torch_engine import fold_batch_norms
 from kitsseg.network.vbnet import VBNet
 from kitsseg.planning import FINE
 from kitsseg.profiling import Profile

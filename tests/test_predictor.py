@@ -14,8 +14,9 @@ import torch
 
 from kitsseg.checkpoint import save_checkpoint
 from kitsseg.fingerprint import Fingerprint
-from kitsseg.inference.predictor import Predictor, fold_batch_norms
+from kitsseg.inference.predictor import Predictor
 from kitsseg.inference.sliding_window import network_voxels, planned_overlap, predict_volume, tile_for
+from kitsseg.inference.torch_engine import fold_batch_norms
 from kitsseg.inference.voi import coarse_mask_in_box
 from kitsseg.network.vbnet import VBNet
 from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, Plans, load_preset, plan_experiment
@@ -152,7 +153,7 @@ def test_tiles_are_planned_for_the_fewest_network_voxels_within_the_limit():
 
 def test_tiles_blend_to_the_one_pass_result_of_a_voxelwise_network():
     image = np.random.default_rng(5).normal(size=(40, 37, 70)).astype(np.float32)
-    voxelwise = lambda x: torch.cat([x, torch.sin(x)], 1)  # noqa: E731
+    voxelwise = lambda x: np.concatenate([x, np.sin(x)], 1)  # noqa: E731
     patch = (32, 32, 32)
     tile = tile_for(image.shape, patch, 30_000, stride=16)
     assert tile is not None
@@ -254,7 +255,8 @@ def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_ra
     assert result.returncode == 1
     assert "broken_0000.nii.gz: truncated" in result.stderr and "Traceback" not in result.stderr
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "seconds"]
+    assert list(summary.columns) == ["case", "status", "kidneys_found", "kidney_ml", "tumor_ml", "right_kidney_ml",
+                                     "left_kidney_ml", "seconds"]
     assert sorted(summary["case"]) == ["broken", "case_00000", "case_00001"]
     assert summary.set_index("case").loc["broken", "status"].startswith("error:")
     for case in ("case_00000", "case_00001"):

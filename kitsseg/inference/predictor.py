@@ -1,30 +1,35 @@
 """The coarse-to-fine cascade: whole scan at the coarse spacing -> kidney VOIs -> fine spacing per VOI.
 
-Each stage's models are plain callables from a (1, 1, z, y, x) tensor to logits, so the
-cascade can be tested with oracles; `Predictor.from_model_dir` loads trained VB-Nets (batch
-norms folded into the convolutions). Probabilities return to the original grid only inside
-the VOIs; the output is a uint8 label map with the input's exact geometry. Network passes
-are one pass or tiles, as memory allows (`kitsseg.memory`); stages are timed for `--profile`.
+Each stage's models are callables that the engine runs (`kitsseg.inference.engine`): by default
+the PyTorch engine, callables from a (1, 1, z, y, x) tensor to logits, so the cascade can be
+tested with oracles; `Predictor.from_model_dir` loads trained VB-Nets (batch norms folded into
+the convolutions), `kitsseg.deploy.bundle` a model bundle for PyTorch or ONNX Runtime. This
+module does not import torch (the ONNX Runtime path runs without it). Probabilities return to
+the original grid only inside the VOIs; the output is a uint8 label map with the input's exact geometry. Network passes
+are one pass or tiles, as memory allows (`kitsseg.memory`; on a GPU its free memory, so a VOI
+that fits is one pass); stages are timed for `--profile`.
+
+When the coarse stage finds no kidney at probability 0.5 it is asked once more at
+`LOWERED_COARSE_THRESHOLD`. Each VOI (`kitsseg.inference.voi`) is grown by the fine stage's
+`inference_context_mm` of real image on every side (clipped to the scan; beyond the scan the
+passes pad with what air normalises to) before the fine networks see it, and the probabilities
+are taken back on the VOI alone.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from kitsseg import profiling
-from kitsseg.boxes import box_shape
-from kitsseg.checkpoint import network_from_checkpoint
+from kitsseg.boxes import Box, box_shape, grow_box
 from kitsseg.errors import KitssegError
+from kitsseg.inference.engine import Engine
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
-from kitsseg.inference.voi import coarse_mask_in_box, find_vois
+from kitsseg.inference.voi import body_midline_x, coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, align_to_axes, labels_onto, to_canonical, to_sitk
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
                             network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
@@ -32,18 +37,19 @@ from kitsseg.planning import COARSE, FINE, Plans, StagePlan
 from kitsseg.postprocessing import PostprocessConfig, postprocess
 from kitsseg.preprocessing import normalise
 from kitsseg.resampling import resample, shape_at_spacing
-from kitsseg.device import resolve_device
 
-PredictFn = Callable[[torch.Tensor], torch.Tensor]
-CHECKPOINT = "checkpoint_final.pt"
+PredictFn = Callable  # a model as its engine runs it (PyTorch: a (1, 1, z, y, x) tensor to logits)
+# the second try when no kidney is found: voxels whose kidney-region probability exceeds this (not 0.5)
+LOWERED_COARSE_THRESHOLD = 0.2
 
 
 @dataclass
 class CascadeResult:
     labels: np.ndarray  # canonical (z, y, x) uint8 label-file values, postprocessed
-    kidneys_found: int
+    kidneys_found: int  # VOIs (at most one per side of the body)
     unprocessed: np.ndarray | None = None
     probabilities: list = field(default_factory=list)  # [(box, (C, *box shape) float16), ...]
+    coarse_threshold: float = 0.5  # kidney-region probability that found the VOIs (second try: LOWERED_COARSE_THRESHOLD)
 
 
 def paste(labels: np.ndarray, box, voi_labels: np.ndarray) -> None:
@@ -51,29 +57,20 @@ def paste(labels: np.ndarray, box, voi_labels: np.ndarray) -> None:
     labels[box] = np.where(voi_labels > 0, voi_labels, labels[box])
 
 
-def fold_batch_norms(network: nn.Module) -> nn.Module:
-    """Fold each batch norm that follows a convolution into it (eval mode): the same function up to
-    float rounding, without the norms' outputs, so a pass is faster and needs less memory."""
-    for module in list(network.modules()):
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                conv, norm = module[i], module[i + 1]
-                if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and isinstance(norm, nn.BatchNorm3d):
-                    module[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose3d))
-                    module[i + 1] = nn.Identity()
-    return network
-
-
 class Predictor:
     """Ensembles the folds of both stages; `predict(sitk_image) -> sitk_image`."""
 
     def __init__(self, plans: Plans, coarse_models: Sequence[PredictFn], fine_models: Sequence[PredictFn],
-                 device: str | torch.device = "cpu", tta: bool = False,
-                 postprocess: PostprocessConfig = PostprocessConfig(), memory: MemoryBudget | None = None):
+                 device="cpu", tta: bool = False, postprocess: PostprocessConfig = PostprocessConfig(),
+                 memory: MemoryBudget | None = None, engine: Engine | None = None):
+        """`engine` runs the models (default: the PyTorch engine on `device`)."""
         if not coarse_models or not fine_models:
             raise KitssegError("the cascade needs at least one coarse and one fine model")
+        if engine is None:
+            from kitsseg.inference.torch_engine import TorchEngine
+            engine = TorchEngine(device)
         self.plans, self.coarse_models, self.fine_models = plans, list(coarse_models), list(fine_models)
-        self.device, self.tta, self.postprocess, self.memory = torch.device(device), tta, postprocess, memory
+        self.engine, self.tta, self.postprocess, self.memory = engine, tta, postprocess, memory
         self.folds: list[str] = []  # where the models came from (from_model_dir), for kitsseg_run.json
         self.checkpoints: list[Path] = []
 
@@ -83,21 +80,12 @@ class Predictor:
                        memory: MemoryBudget | None = None) -> "Predictor":
         """Load `model_dir/{3d_coarse,3d_fine}/fold_K/checkpoint_final.pt` for the chosen folds
         (default: every fold trained for both stages) and `model_dir/postprocessing.json`."""
+        from kitsseg.device import resolve_device
+        from kitsseg.inference.torch_engine import load_model_dir, trained_folds
+
         model_dir, torch_device = Path(model_dir), resolve_device(device)
-        if folds is None:
-            found = [{p.parent.name[5:] for p in (model_dir / s).glob(f"fold_*/{CHECKPOINT}")} for s in (COARSE, FINE)]
-            folds = sorted(found[0] & found[1])
-            if not folds:
-                raise KitssegError(f"{model_dir}: no fold has a {CHECKPOINT} for both {COARSE} and {FINE}")
-        models, plans, checkpoints = {COARSE: [], FINE: []}, None, []
-        for stage in (COARSE, FINE):
-            for fold in folds:
-                checkpoints.append(model_dir / stage / f"fold_{fold}" / CHECKPOINT)
-                network, fold_plans, _ = network_from_checkpoint(checkpoints[-1], torch_device)
-                if plans is not None and fold_plans.intensity != plans.intensity:
-                    raise KitssegError(f"{model_dir}: fold {fold} of {stage} was trained with other plans")
-                plans = fold_plans
-                models[stage].append(fold_batch_norms(network))
+        folds = trained_folds(model_dir) if folds is None else folds
+        plans, models, checkpoints = load_model_dir(model_dir, folds, torch_device)
         if postprocess is None:
             postprocess = PostprocessConfig.load(model_dir / "postprocessing.json")
         predictor = cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory)
@@ -109,24 +97,11 @@ class Predictor:
                        held_bytes: int = 0) -> np.ndarray:
         """Softmax averaged over folds (and mirrorings with TTA), (C, z, y, x); the passes take
         what memory `held_bytes` leave (`_pass_plan`)."""
-        flips = [()]
-        if self.tta:
-            flips = [f for n in range(4) for f in itertools.combinations((2, 3, 4), n)]
-        use_amp = self.device.type == "cuda"
-
-        def ensemble(x: torch.Tensor) -> torch.Tensor:
-            total = 0
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                for model in models:
-                    for axes in flips:
-                        probabilities = torch.softmax(model(torch.flip(x, axes) if axes else x).float(), 1)
-                        total = total + (torch.flip(probabilities, axes) if axes else probabilities)
-            return total / (len(models) * len(flips))
-
         tile, _ = self._pass_plan(stage, image.shape, held_bytes)
         release_freed_memory()
-        probabilities = predict_volume(ensemble, image, stage.num_classes, stage.network.stride, tile, self.device,
-                                       planned_overlap(stage.patch_size))
+        probabilities = predict_volume(self.engine.ensemble(models, self.tta), image, stage.num_classes,
+                                       stage.network.stride, tile, planned_overlap(stage.patch_size),
+                                       self.plans.intensity.padding_value)
         release_freed_memory()
         return probabilities
 
@@ -134,13 +109,16 @@ class Predictor:
         shape = shape_at_spacing(image_hu.shape, spacing_mm, stage.spacing_mm)
         return normalise(resample(image_hu, shape), self.plans.intensity)
 
-    def coarse_mask(self, image_hu: np.ndarray, spacing_mm, held_bytes: int = 0) -> np.ndarray:
+    def coarse_probabilities(self, image_hu: np.ndarray, spacing_mm, held_bytes: int = 0) -> tuple[np.ndarray, float]:
+        """(C, *coarse shape) probabilities of the coarse stage, and the body's midline along x
+        in coarse voxels (`body_midline_x` of the coarse image)."""
         coarse = self.plans.stage(COARSE)
         with profiling.stage("coarse resampling"):
             image = self._resampled(image_hu, spacing_mm, coarse)
         with profiling.stage("coarse network"):
             held_bytes += network_stage_bytes(image_hu.shape, image.shape, coarse.num_classes)
-            return self._probabilities(self.coarse_models, coarse, image, held_bytes).argmax(0) > 0
+            probabilities = self._probabilities(self.coarse_models, coarse, image, held_bytes)
+        return probabilities, body_midline_x(image, self.plans.intensity.padding_value)
 
     def fine_probabilities(self, crop_hu: np.ndarray, spacing_mm, held_bytes: int = 0) -> np.ndarray:
         """(C, *fine shape) class probabilities of one VOI at the fine spacing."""
@@ -152,12 +130,13 @@ class Predictor:
             return self._probabilities(self.fine_models, fine, image, held_bytes)
 
     @staticmethod
-    def labels_on_grid(probabilities: np.ndarray, shape) -> np.ndarray:
-        """Argmax of the probabilities resampled to `shape`, one class at a time (lean on memory)."""
-        best = np.zeros(shape, np.uint8)
-        best_score = resample(probabilities[0], shape)
+    def labels_on_grid(probabilities: np.ndarray, shape, window: Box | None = None) -> np.ndarray:
+        """Argmax of the probabilities resampled to `shape` (only its `window`, when given), one
+        class at a time (lean on memory)."""
+        best_score = resample(probabilities[0], shape, window)
+        best = np.zeros(best_score.shape, np.uint8)
         for c in range(1, len(probabilities)):
-            score = resample(probabilities[c], shape)
+            score = resample(probabilities[c], shape, window)
             better = score > best_score
             best[better] = c
             np.maximum(best_score, score, out=best_score)
@@ -167,8 +146,9 @@ class Predictor:
     def _pass_plan(self, stage: StagePlan, shape, held_bytes: int) -> tuple[tuple[int, ...] | None, int]:
         """Tile (None: one pass) for a `shape` stage volume while `held_bytes` are allocated, and the
         host bytes of one pass (none on a GPU, whose free memory bounds the passes instead)."""
-        on_gpu = self.device.type == "cuda"
-        allowance = torch.cuda.mem_get_info(self.device)[0] if on_gpu else pass_allowance(self.memory, held_bytes)
+        free_device_bytes = self.engine.free_device_bytes()
+        on_gpu = free_device_bytes is not None
+        allowance = free_device_bytes if on_gpu else pass_allowance(self.memory, held_bytes)
         stride = stage.network.stride
         max_voxels = max(0, allowance - PASS_OVERHEAD_BYTES) // network_voxel_bytes(stage.network)
         tile = tile_for(shape, stage.patch_size, max_voxels, stride)
@@ -205,7 +185,23 @@ class Predictor:
         self.memory.require(source, max(needed), "the fine stage (kidney VOIs)")
 
     # ---- cascade ------------------------------------------------------------------------------
-    @torch.no_grad()
+    def _kidney_vois(self, coarse: np.ndarray, midline_x: float, shape, spacing_mm) -> tuple[list, np.ndarray, float]:
+        """VOIs of the voxels whose kidney-region probability (1 - background's) exceeds 0.5, else
+        `LOWERED_COARSE_THRESHOLD`: (boxes, the coarse kidney mask, the threshold that found them)."""
+        margin_mm = self.plans.stage(FINE).voi_margin_mm
+        coarse_spacing = np.asarray(shape) * np.asarray(spacing_mm) / np.asarray(coarse.shape[1:])
+        for threshold in (0.5, LOWERED_COARSE_THRESHOLD):
+            mask = coarse[0] < 1 - threshold
+            vois = find_vois(mask, coarse_spacing, shape, spacing_mm, margin_mm, midline_x)
+            if vois:
+                break
+        return vois, mask, threshold
+
+    def _with_context(self, box: Box, shape, spacing_mm) -> Box:
+        """The VOI grown by the fine stage's inference context on every side, clipped to the scan."""
+        context_mm = self.plans.stage(FINE).inference_context_mm
+        return grow_box(box, (context_mm,) * 3, spacing_mm, shape)
+
     def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float], keep_unprocessed: bool = False,
                       keep_probabilities: bool = False, source: object = "image") -> CascadeResult:
         """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map.
@@ -214,24 +210,24 @@ class Predictor:
         the fine probabilities of each VOI (float16, original grid) with its box. With a
         memory budget, VOIs that would exceed it stop before the fine stage (`source` names the input).
         """
-        mask = self.coarse_mask(image_hu, spacing_mm, self._held_bytes(image_hu.shape, image_hu.itemsize,
-                                                                       keep_unprocessed))
-        fine = self.plans.stage(FINE)
+        coarse, midline_x = self.coarse_probabilities(
+            image_hu, spacing_mm, self._held_bytes(image_hu.shape, image_hu.itemsize, keep_unprocessed))
         with profiling.stage("VOI extraction and resampling"):
-            coarse_spacing = np.asarray(image_hu.shape) * np.asarray(spacing_mm) / np.asarray(mask.shape)
-            vois = find_vois(mask, coarse_spacing, image_hu.shape, spacing_mm, fine.voi_margin_mm)
+            vois, mask, threshold = self._kidney_vois(coarse, midline_x, image_hu.shape, spacing_mm)
+            seen = [self._with_context(box, image_hu.shape, spacing_mm) for box in vois]
             held = self._voi_held_bytes(image_hu, vois, keep_unprocessed, keep_probabilities)
             if self.memory is not None:
-                self._require_voi_memory(source, spacing_mm, vois, held)
+                self._require_voi_memory(source, spacing_mm, seen, held)
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
-                               np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [])
-        for box in vois:
-            crop_shape = image_hu[box].shape
-            probabilities = self.fine_probabilities(image_hu[box], spacing_mm, held)
+                               np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold)
+        for box, seen_box in zip(vois, seen):
+            seen_shape = box_shape(seen_box)
+            window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
+            probabilities = self.fine_probabilities(image_hu[seen_box], spacing_mm, held)
             with profiling.stage("probabilities back to the original grid"):
-                raw = self.labels_on_grid(probabilities, crop_shape)
+                raw = self.labels_on_grid(probabilities, seen_shape, window)
                 if keep_probabilities:
-                    back = np.stack([resample(p, crop_shape).astype(np.float16) for p in probabilities])
+                    back = np.stack([resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
                     result.probabilities.append((box, back))
             with profiling.stage("postprocessing"):
                 support = coarse_mask_in_box(mask, box, image_hu.shape)

@@ -19,14 +19,17 @@ from tqdm import tqdm
 from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
-from kitsseg.inference.predictor import Predictor
+from kitsseg.inference.predictor import LOWERED_COARSE_THRESHOLD, CascadeResult, Predictor
+from kitsseg.dicom_seg import SUFFIX as DICOM_SEG_SUFFIX, write_dicom_seg
 from kitsseg.io import (IMAGE_SUFFIXES, OBLIQUE_LIMIT_DEG, axis_aligned_grid, case_id_of, is_oblique, labels_onto,
                         load_volume, read_header, save_label_map)
+from kitsseg.kidney_sides import body_midline_x, side_volumes_ml
 from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
 from kitsseg.profiling import Profile, stage
 from kitsseg.provenance import write_run_record
 
+NO_KIDNEY_FOUND = "no_kidney_found"  # summary.csv status: not even the lowered coarse threshold found a kidney
 
 
 def _is_dicom_folder(folder: Path) -> bool:
@@ -54,7 +57,8 @@ def list_inputs(source: Path) -> list[tuple[str, Path]]:
 
 
 def summary_columns(classes: ClassMap) -> list[str]:
-    return ["case", "status", "kidneys_found", *[f"{name}_ml" for name in classes.names[1:]], "seconds"]
+    return ["case", "status", "kidneys_found", *[f"{name}_ml" for name in classes.names[1:]], "right_kidney_ml",
+            "left_kidney_ml", "seconds"]
 
 
 def volumes_ml(labels: np.ndarray, spacing_mm, classes: ClassMap) -> dict[str, float]:
@@ -66,8 +70,11 @@ def volumes_ml(labels: np.ndarray, spacing_mm, classes: ClassMap) -> dict[str, f
 
 
 def predict_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool = False,
-                 overlay: bool = False) -> dict:
+                 overlay: bool = False, output_format: str = "nifti") -> dict:
+    """Predict one input into `target` (and, with output_format 'dicom-seg', a DICOM SEG beside it)."""
     start = time.perf_counter()
+    if output_format == "dicom-seg" and not Path(source).is_dir():
+        raise KitssegError(f"{source}: --output-format dicom-seg needs a DICOM series folder as input")
     with stage("read + canonical orientation"):
         header, itemsize = read_header(source)
         oblique = is_oblique(header)  # predicted on the axes, its labels brought back to its own grid
@@ -91,18 +98,31 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
             overlay_png(image_hu, result.labels, props.spacing_mm, target.parent / f"{case_id}.png", title=case_id)
         labels, own = (labels_onto(result.labels, props, header), header) if oblique else (result.labels, props)
         save_label_map(labels, own, target)
+        if output_format == "dicom-seg":
+            write_dicom_seg(labels, own, source, predictor.plans.classes, target.with_name(case_id + DICOM_SEG_SUFFIX))
         volumes = volumes_ml(labels, own.spacing_mm, predictor.plans.classes)
-    status = "ok" if result.kidneys_found else "warning: no kidney found"
-    return {"status": status, "kidneys_found": result.kidneys_found, **volumes,
+        volumes.update(side_volumes_ml(result.labels, props.spacing_mm, body_midline_x(image_hu)))
+    return {"status": case_status(result, source), "kidneys_found": result.kidneys_found, **volumes,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def case_status(result: CascadeResult, source: Path) -> str:
+    """summary.csv's status of a predicted case; a case without a kidney also gets one warning line."""
+    if not result.kidneys_found:
+        print(f"warning: {source}: no kidney found (kidney probability under {LOWERED_COARSE_THRESHOLD:g} "
+              "everywhere at the coarse stage); its label map is all background", file=sys.stderr)
+        return NO_KIDNEY_FOUND
+    if result.coarse_threshold < 0.5:
+        return f"ok: kidney found at the lowered coarse threshold {result.coarse_threshold:g}"
+    return "ok"
+
+
 def _profiled_case(predictor: Predictor, source: Path, target: Path, save_probabilities: bool, overlay: bool,
-                   profiles: dict) -> dict:
+                   output_format: str, profiles: dict) -> dict:
     """`predict_case` with its stages timed: the table is printed and the profile kept in `profiles`."""
     profile = Profile()
     with profile.active():
-        row = predict_case(predictor, source, target, save_probabilities, overlay)
+        row = predict_case(predictor, source, target, save_probabilities, overlay, output_format)
     case_id = target.name[: -len(".nii.gz")]
     profiles[case_id] = profile.to_dict()
     print(f"{case_id}\n{profile.table()}")
@@ -112,7 +132,7 @@ def _profiled_case(predictor: Predictor, source: Path, target: Path, save_probab
 def _existing_row(case_id: str, target: Path, previous: dict[str, dict], classes: ClassMap) -> dict:
     """The summary row of an output a previous run wrote: its row, else volumes read from the file."""
     row = previous.get(case_id)
-    if row is not None and str(row.get("status", "")).startswith(("ok", "warning")):
+    if row is not None and str(row.get("status", "")).startswith(("ok", "warning", NO_KIDNEY_FOUND)):
         return row
     labels, props = load_volume(target, np.uint8)
     return {"case": case_id, "status": "ok: output of a previous run", **volumes_ml(labels, props.spacing_mm, classes)}
@@ -137,7 +157,7 @@ def _write_summary(rows: list[dict], classes: ClassMap, path: Path) -> None:
 
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
                    quiet: bool = False, save_probabilities: bool = False, overlays: bool = False,
-                   arguments: dict | None = None, profile: bool = False) -> int:
+                   arguments: dict | None = None, profile: bool = False, output_format: str = "nifti") -> int:
     """Predict every input; return the number of failed cases.
 
     summary.csv is rewritten after each case; outputs kept from a previous run keep their rows.
@@ -159,7 +179,8 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
             if target.exists() and not overwrite:
                 rows.append(_existing_row(case_id, target, previous, classes))
             else:
-                rows.append({"case": case_id, **predict(predictor, path, target, save_probabilities, overlays)})
+                rows.append({"case": case_id, **predict(predictor, path, target, save_probabilities, overlays,
+                                                        output_format)})
         except KitssegError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)

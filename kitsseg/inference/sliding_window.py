@@ -5,11 +5,11 @@
 by a quarter patch. (Patch-sized tiles overlapping by half, nnU-Net's way, made 45 passes
 over case_00151's kidney VOI: 5.7 times its voxels; planned tiles make 16, 2 times.)
 
-`predict_fn` is any callable from a (1, 1, *tile) tensor to (1, C, *tile) logits or
-probabilities, so this is testable without a network:
+`predict_fn` is any callable from a (1, 1, *tile) float32 array to (1, C, *tile) logits or
+probabilities (an engine's ensemble, `kitsseg.inference.engine`; no torch here), so this is
+testable without a network:
 
->>> import torch
->>> out = predict_volume(lambda x: torch.cat([x, 2 * x], 1), np.ones((5, 6, 7), np.float32), 2, stride=4)
+>>> out = predict_volume(lambda x: np.concatenate([x, 2 * x], 1), np.ones((5, 6, 7), np.float32), 2, stride=4)
 >>> out.shape, float(out[1].max())
 ((2, 5, 6, 7), 2.0)
 """
@@ -19,16 +19,14 @@ from itertools import product
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-PAD_VALUE = -1.0
 ONE_PASS_PATCHES = 2  # without a voxel limit, larger volumes go in tiles (one pass over n patches: ~0.6n GB on a CPU)
 OVERLAP = 0.25  # planned tiles overlap by this fraction of a patch
 
 
-def _pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def _pad_to(array: np.ndarray, shape: Sequence[int], pad_value: float) -> np.ndarray:
     pads = [(0, max(0, s - n)) for n, s in zip(array.shape, shape)]
-    return np.pad(array, pads, constant_values=PAD_VALUE)
+    return np.pad(array, pads, constant_values=pad_value)
 
 
 def gaussian_importance(tile: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -88,32 +86,32 @@ def tile_for(shape: Sequence[int], patch_size: Sequence[int], max_voxels: int | 
     return min(fitting, key=lambda t: (network_voxels(shape, t, overlap), np.prod(t)))
 
 
-@torch.no_grad()
-def predict_volume(predict_fn: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, num_classes: int,
-                   stride: int, tile: Sequence[int] | None = None, device: str | torch.device = "cpu",
-                   overlap: Sequence[int] | None = None) -> np.ndarray:
+def predict_volume(predict_fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, num_classes: int,
+                   stride: int, tile: Sequence[int] | None = None,
+                   overlap: Sequence[int] | None = None, pad_value: float = -1.0) -> np.ndarray:
     """(C, z, y, x) float32 outputs of `predict_fn` over a `(z, y, x)` image.
 
     With `tile` None (or larger than the image) the image is padded to a multiple of
     `stride` and predicted in one pass; otherwise tiles of size `tile` overlapping by
-    `overlap` voxels (default: half a tile) are blended with Gaussian weights.
+    `overlap` voxels (default: half a tile) are blended with Gaussian weights. Padding takes
+    `pad_value`: what air normalises to (`IntensityConfig.padding_value`; -1 for the window scheme).
     """
     shape = image.shape
     if tile is None or all(n <= t for n, t in zip(shape, tile)):
-        padded = _pad_to(image, [int(np.ceil(n / stride) * stride) for n in shape])
-        out = predict_fn(torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None].to(device))
-        return out[0, :, : shape[0], : shape[1], : shape[2]].float().cpu().numpy()
+        padded = _pad_to(image, [int(np.ceil(n / stride) * stride) for n in shape], pad_value)
+        out = predict_fn(np.ascontiguousarray(padded, np.float32)[None, None])
+        return out[0, :, : shape[0], : shape[1], : shape[2]]
     tile = tuple(int(t) for t in tile)
     overlap = [t - t // 2 for t in tile] if overlap is None else overlap
-    padded = _pad_to(image, tile)
+    padded = _pad_to(image, tile, pad_value)
     weights = gaussian_importance(tile)
     total = np.zeros((num_classes, *padded.shape), np.float32)
     norm = np.zeros(padded.shape, np.float32)
     starts = [_tile_starts(n, t, max(1, t - o)) for n, t, o in zip(padded.shape, tile, overlap)]
     for z, y, x in product(*starts):
         box = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
-        piece = torch.from_numpy(np.ascontiguousarray(padded[box], np.float32))[None, None].to(device)
-        total[(slice(None), *box)] += predict_fn(piece)[0].float().cpu().numpy() * weights
+        piece = np.ascontiguousarray(padded[box], np.float32)[None, None]
+        total[(slice(None), *box)] += predict_fn(piece)[0] * weights
         norm[box] += weights
     total /= norm
     return total[:, : shape[0], : shape[1], : shape[2]]

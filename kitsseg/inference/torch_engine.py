@@ -93,3 +93,21 @@ def load_model_dir(model_dir: Path, folds: Sequence[str], device: torch.device
             plans = fold_plans
             models[stage].append(fold_batch_norms(network))
     return plans, models, checkpoints
+
+
+def network_from_weights(weights: bytes, plans: Plans, stage: str, device: torch.device, source: str) -> nn.Module:
+    """A folded eval-mode VB-Net from a safetensors state dict, checked against the stage's network
+    (missing or extra tensors, shapes) with one line naming `source`."""
+    from safetensors.torch import load
+
+    from kitsseg.deploy.bundle import shape_differences
+    from kitsseg.network.vbnet import VBNet
+
+    network = VBNet(plans.stage(stage).network)
+    state_dict = load(weights)
+    problem = shape_differences({k: list(v.shape) for k, v in state_dict.items()},
+                                {k: list(v.shape) for k, v in network.state_dict().items()})
+    if problem:
+        raise KitssegError(f"{source}: weights do not fit this kitsseg's {stage} network ({problem})")
+    network.load_state_dict(state_dict)
+    return fold_batch_norms(network.to(device).eval())

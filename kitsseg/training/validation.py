@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kitsseg.inference.sliding_window import predict_volume, tile_for
+from kitsseg.inference.torch_engine import as_array_fn
 from kitsseg.planning import StagePlan
 from kitsseg.training.sampling import CachedVolume
 
@@ -28,8 +29,8 @@ def validate_stage(network: nn.Module, stage: StagePlan, volumes: list[CachedVol
     rows = []
     for volume in tqdm(volumes, desc="validation", disable=quiet, leave=False):
         image = volume.image.astype(np.float32)
-        probabilities = predict_volume(network, image, stage.num_classes, stage.network.stride,
-                                       tile_for(image.shape, stage.patch_size), device)
+        probabilities = predict_volume(as_array_fn(network, device), image, stage.num_classes, stage.network.stride,
+                                       tile_for(image.shape, stage.patch_size))
         predicted = probabilities.argmax(0)
         reference = (volume.label > 0).astype(np.uint8) if stage.merges_foreground else volume.label
         rows.append({"case": volume.case_id, **{f"dice_{name}": dice_score(predicted == c, reference == c)
