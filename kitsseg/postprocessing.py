@@ -1,8 +1,10 @@
-"""Postprocessing of label maps: keep one connected kidney component per VOI.
+"""Postprocessing of label maps: keep the connected components of a VOI that the coarse stage found.
 
-The kept component is the one the coarse stage found (most voxels inside its kidney mask),
-the largest among equals: an under-trained fine net can label a false region larger than the
-kidney inside a VOI, and keeping the largest would keep that region and drop the kidney.
+Every component with a voxel inside the coarse kidney mask is kept, so a tumour lobe detached
+from its kidney, or a second kidney sharing the VOI, stays. Components outside the mask go: an
+under-trained fine net can label a false region larger than the kidney inside a VOI, and keeping
+the largest would keep that region and drop the kidney. When no component touches the mask (or
+there is no mask) the largest one is kept, the lowest label among equal sizes.
 
 Tumour and cyst voxels belong to the kidney region (label > 0), so dropping a component
 drops its masses too: masses survive only inside kept kidney components.
@@ -39,24 +41,26 @@ class PostprocessConfig:
 
 
 def keep_kidney_component(labels: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-    """Zero every connected (26-neighbour) component of `labels > 0` but one: the one with most
-    voxels in `support` (the coarse stage's kidney mask on the same grid), the largest among
-    equals; without `support`, the largest.
+    """Zero every connected (26-neighbour) component of `labels > 0` that has no voxel in `support`
+    (the coarse stage's kidney mask on the same grid); when none has one, keep only the largest.
 
+    >>> keep_kidney_component(np.array([[[1, 2, 0, 1, 0, 1]]]), support=np.array([[[0, 1, 0, 0, 0, 1]]])).tolist()
+    [[[1, 2, 0, 0, 0, 1]]]
     >>> keep_kidney_component(np.array([[[1, 2, 0, 1]]])).tolist()
     [[[1, 2, 0, 0]]]
-    >>> keep_kidney_component(np.array([[[1, 2, 0, 1]]]), support=np.array([[[0, 0, 0, 1]]])).tolist()
-    [[[0, 0, 0, 1]]]
     """
     components, count = ndi.label(labels > 0, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return labels
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
-    overlap = (np.bincount(components.ravel(), weights=support.ravel(), minlength=count + 1)
-               if support is not None else np.zeros(count + 1))
-    sizes[0], overlap[0] = -1, -1
-    keep = np.lexsort((sizes, overlap))[-1]
-    return np.where(components == keep, labels, 0).astype(labels.dtype)
+    touched = np.zeros(count + 1, bool)
+    if support is not None:
+        touched[np.unique(components[support.astype(bool)])] = True
+        touched[0] = False
+    if not touched.any():
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        sizes[0] = -1
+        touched[int(np.argmax(sizes))] = True  # argmax: the lowest label among equal sizes
+    return np.where(touched[components], labels, 0).astype(labels.dtype)
 
 
 def postprocess(labels: np.ndarray, config: PostprocessConfig, support: np.ndarray | None = None) -> np.ndarray:

@@ -51,12 +51,19 @@ def _apply(array: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def resample(array: np.ndarray, shape_out: Sequence[int]) -> np.ndarray:
-    """Resample a 3D array of any real dtype to `shape_out` (float32 result)."""
+def resample(array: np.ndarray, shape_out: Sequence[int], window: Sequence[slice] | None = None) -> np.ndarray:
+    """Resample a 3D array of any real dtype to `shape_out` (float32 result); with `window` (one
+    slice per axis of the output grid, steps of 1) only that part of the output, computed alone.
+
+    >>> resample(np.array([[[0., 2.]]]), (1, 1, 4), window=(slice(None), slice(None), slice(1, 3)))
+    array([[[0.5, 1.5]]], dtype=float32)
+    """
     shape_out = tuple(int(n) for n in shape_out)
     if array.shape == shape_out:
-        return np.asarray(array, dtype=np.float32).copy()
+        return np.asarray(array if window is None else array[tuple(window)], dtype=np.float32).copy()
     weights = [axis_weights(n, m) for n, m in zip(array.shape, shape_out)]
+    if window is not None:
+        weights = [w[rows] for w, rows in zip(weights, window)]
     chunk_axis = int(np.argmax(np.abs(array.strides)))
     other = [a for a in range(3) if a != chunk_axis]
     per_slice = array.size // max(1, array.shape[chunk_axis])

@@ -2,7 +2,15 @@
 real KiTS label geometry, compared with fingerprints (voxels per label, sha256 of the label
 array) that the earlier code produced on the same inputs (459250e; 75d7ff9's inference code is
 the same). case_00151 (1059 slices, too slow for a unit test) was checked once the same way:
-identical sha256 (61b303ac...), 233 s -> 28 s with the oracles, niced under load."""
+identical sha256 (61b303ac...), 233 s -> 28 s with the oracles, niced under load.
+
+The cascade of #16 (VOIs per side of the body, every fine component the coarse mask touches,
+the second coarse try) gives these same labels when the VOI is not grown (`inference_context_mm`
+0, as the fingerprints' code did): checked below. The planned context (4 mm of real image per side)
+resamples a slightly larger box, so the 1 mm grid falls a little differently and some boundary
+voxels change (case_00004: 115665 -> 115663 kidney, 4742 -> 4729 tumour voxels); that is checked
+against the ground truth instead."""
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -12,7 +20,7 @@ import SimpleITK as sitk
 from kitsseg.inference.predictor import Predictor
 from kitsseg.memory import GB, MemoryBudget
 from kitsseg.planning import FINE
-from tests.test_predictor import coarse_oracle, encoded_image, fine_oracle, paper_plans
+from tests.test_predictor import coarse_oracle, dice, encoded_image, fine_oracle, paper_plans
 
 BEFORE = {  # computed with 459250e's kitsseg (np.take resampling, half-overlap 96^3 tiles)
     "kits19/case_00004": ([16656809, 115665, 4742, 0],
@@ -27,9 +35,13 @@ def fingerprint(labels: sitk.Image) -> tuple[list[int], str]:
     return np.bincount(array.ravel(), minlength=4).tolist(), hashlib.sha256(array.tobytes()).hexdigest()
 
 
-def oracle_labels(shared_data, relative: str, memory: MemoryBudget | None = None) -> tuple[sitk.Image, list]:
-    """The oracle cascade's label map, and the input shapes of the fine 'network' passes."""
+def oracle_labels(shared_data, relative: str, memory: MemoryBudget | None = None,
+                  context_mm: float | None = 0.0) -> tuple[sitk.Image, list]:
+    """The oracle cascade's label map, and the input shapes of the fine 'network' passes
+    (VOIs grown by `context_mm`; None: as planned)."""
     plans = paper_plans()
+    if context_mm is not None:
+        plans.stages[FINE] = dataclasses.replace(plans.stage(FINE), inference_context_mm=context_mm)
     fine, calls = fine_oracle(plans.stage(FINE).num_classes), []
 
     def counted(x):
@@ -50,3 +62,17 @@ def test_labels_are_those_of_the_earlier_code_when_memory_splits_the_vois_into_t
     labels, calls = oracle_labels(shared_data, "kits19/case_00004", MemoryBudget(0.9 * GB))
     assert len(calls) > 2, calls  # two VOIs, more passes: tiles
     assert fingerprint(labels) == BEFORE["kits19/case_00004"]
+
+
+# Dice (kidney region, masses, tumour) of the labels without context, from the code the fingerprints
+# come from: case_00004 0.9985 / 0.9795 / 0.9795, case_00006 0.9959 / 0.9815 / 0.9589
+WITHOUT_CONTEXT = {"kits19/case_00004": (0.9985, 0.9795, 0.9795), "kits23-cysts/case_00006": (0.9959, 0.9815, 0.9589)}
+
+
+@pytest.mark.parametrize("relative", sorted(BEFORE))
+def test_labels_with_the_planned_context_match_the_ground_truth_as_well(shared_data, relative):
+    labels, _ = oracle_labels(shared_data, relative, context_mm=None)
+    got = sitk.GetArrayFromImage(labels)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / relative / "segmentation.nii.gz")))
+    scores = (dice(got > 0, truth > 0), dice(got >= 2, truth >= 2), dice(got == 2, truth == 2))
+    assert all(score > before - 0.002 for score, before in zip(scores, WITHOUT_CONTEXT[relative])), scores

@@ -1,14 +1,26 @@
-"""Volumes of interest: kidney components of the coarse mask, mapped to the original voxel grid."""
+"""Volumes of interest: kidney components of the coarse mask, one VOI per side of the body.
+
+The coarse mask's 26-connected components of at least `MIN_KIDNEY_ML` are the candidates. A
+component spanning the body's midline (x axis) with a real share on each side (a horseshoe
+kidney, or two kidneys the coarse net joined) is cut there into one piece per side. On each
+side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
+the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
+the coarse net saw apart from its kidney), and pieces away from it are dropped (false
+positives). The result: at most two VOIs, the patient's right first (x grows to the left in the
+canonical LPS orientation); they may overlap.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from kitsseg.boxes import Box, component_boxes, grow_box
+from kitsseg.boxes import Box, grow_box
 
-MAX_KIDNEYS = 2
 MIN_KIDNEY_ML = 1.0
+MIN_SIDE_FRACTION = 0.2  # a component is cut at the midline only when each side holds this share of it
+BODY_MARGIN = 1e-3  # normalised values above the padding value (air) by this much are body
 
 
 def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape: Sequence[int]) -> Box:
@@ -26,12 +38,71 @@ def coarse_mask_in_box(kidney_mask: np.ndarray, box: Box, original_shape: Sequen
     return kidney_mask[np.ix_(*index)]
 
 
+def body_midline_x(coarse_image: np.ndarray, padding_value: float) -> float:
+    """The body's midline along x in voxel-edge units (0 = the scan's first edge): the median x of
+    the voxels above air. The scan's centre is used when no voxel is (the body is often off the
+    scan's centre; the median ignores a table or one arm better than the extent would).
+
+    >>> image = np.full((1, 1, 10), -1.0); image[..., 4:8] = 0.2  # the body covers x = 4..7
+    >>> body_midline_x(image, -1.0), body_midline_x(np.full((1, 1, 10), -1.0), -1.0)
+    (6.0, 5.0)
+    """
+    xs = np.nonzero(coarse_image > padding_value + BODY_MARGIN)[2]
+    return float(np.median(xs + 0.5)) if len(xs) else coarse_image.shape[2] / 2
+
+
+def _side_pieces(in_component: np.ndarray, midline_x: float) -> list[tuple[int, np.ndarray]]:
+    """(side, mask) of a component: its two halves when each holds `MIN_SIDE_FRACTION`, else itself
+    on the side of its centre (side 0: x below the midline, 1: above)."""
+    right = (np.arange(in_component.shape[2]) + 0.5 > midline_x)[None, None, :]
+    halves = [in_component & ~right, in_component & right]
+    counts = [int(h.sum()) for h in halves]
+    if min(counts) >= MIN_SIDE_FRACTION * sum(counts):
+        return [(0, halves[0]), (1, halves[1])]
+    return [(int(counts[1] > counts[0]), in_component)]
+
+
+def _bounding_box(mask: np.ndarray) -> Box:
+    return ndi.find_objects(mask.astype(np.uint8))[0]
+
+
+def _meets(a: Box, b: Box) -> bool:
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
+
+
+def _union(a: Box, b: Box) -> Box:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
 def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], original_shape: Sequence[int],
-              original_spacing_mm: Sequence[float], margin_mm: Sequence[float],
-              max_kidneys: int = MAX_KIDNEYS, min_kidney_ml: float = MIN_KIDNEY_ML) -> list[Box]:
-    """Boxes (original canonical voxels) around the largest kidney components, grown by the margin."""
-    voxel_ml = float(np.prod(coarse_spacing_mm)) / 1000.0
-    min_voxels = max(1, int(np.ceil(min_kidney_ml / voxel_ml)))
-    boxes = component_boxes(kidney_mask, max_components=max_kidneys, min_voxels=min_voxels)
-    return [grow_box(coarse_box_to_original(b, kidney_mask.shape, original_shape), margin_mm,
-                     original_spacing_mm, original_shape) for b in boxes]
+              original_spacing_mm: Sequence[float], margin_mm: Sequence[float], midline_x: float | None = None,
+              min_kidney_ml: float = MIN_KIDNEY_ML) -> list[Box]:
+    """Boxes (original canonical voxels), one per side of `midline_x` (coarse voxel-edge units,
+    default the scan's centre) that holds a kidney piece, grown by the margin (module docstring)."""
+    midline_x = kidney_mask.shape[2] / 2 if midline_x is None else midline_x
+    min_voxels = max(1, int(np.ceil(min_kidney_ml / (float(np.prod(coarse_spacing_mm)) / 1000.0))))
+    components, count = ndi.label(kidney_mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    pieces = []  # (side, -voxels, label, grown original box): sorted, the largest first per side
+    for label, box in enumerate(ndi.find_objects(components), 1):
+        if sizes[label] < min_voxels:
+            continue
+        for side, piece in _side_pieces(components[box] == label, midline_x - box[2].start):
+            coarse_box = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, _bounding_box(piece)))
+            original = coarse_box_to_original(coarse_box, kidney_mask.shape, original_shape)
+            pieces.append((side, -int(piece.sum()), label,
+                           grow_box(original, margin_mm, original_spacing_mm, original_shape)))
+    vois = []
+    for side in (0, 1):
+        rest = [p[3] for p in sorted(p for p in pieces if p[0] == side)]
+        if not rest:
+            continue
+        voi, rest, grown = rest[0], rest[1:], True
+        while grown:
+            joining = [b for b in rest if _meets(voi, b)]
+            rest = [b for b in rest if not _meets(voi, b)]
+            for b in joining:
+                voi = _union(voi, b)
+            grown = bool(joining)
+        vois.append(voi)
+    return vois
