@@ -110,3 +110,19 @@ def test_onnxruntime_engine_needs_a_bundle(tiny_models, phantom_raw, tmp_path, c
     code = cli.predict_main(["-i", str(phantom_raw / "imagesTr"), "-o", str(tmp_path), "-m", str(tiny_models),
                              "--engine", "onnxruntime", "--quiet"])
     assert code == 1 and "--engine onnxruntime runs a model bundle" in capsys.readouterr().err
+
+
+def test_folds_trained_with_other_plans_are_refused(tiny_bundle, tmp_path):
+    def other_window(members):
+        name = "3d_fine/fold_0/plans.json"
+        plans = json.loads(members[name])
+        plans["intensity"]["window_hu"] = [-100, 300]
+        members[name] = json.dumps(plans).encode()
+    with pytest.raises(KitssegError, match="fold 0 of 3d_fine was trained with other plans"):
+        predictor_from_bundle(rewritten(tiny_bundle, tmp_path, change_members=other_window), "onnxruntime")
+
+
+def test_a_missing_bundle_is_named_as_such(tmp_path, phantom_raw, capsys):
+    code = cli.predict_main(["-i", str(phantom_raw / "imagesTr"), "-o", str(tmp_path), "-m",
+                             str(tmp_path / "absent.kitsseg.zip"), "--engine", "onnxruntime", "--quiet"])
+    assert code == 1 and "absent.kitsseg.zip: model bundle not found" in capsys.readouterr().err

@@ -42,7 +42,8 @@ def sha256(data: bytes) -> str:
 
 
 def is_bundle(path: Path) -> bool:
-    return path.is_file() and zipfile.is_zipfile(path)
+    """A zip file, or a path named like one (so a missing bundle is reported as such)."""
+    return path.suffix == ".zip" or (path.is_file() and zipfile.is_zipfile(path))
 
 
 @dataclass
@@ -201,6 +202,12 @@ def predictor_from_bundle(path: Path | str, engine: str = "torch", folds: Sequen
     bundle = open_bundle(path)
     folds = bundle.require_folds(folds)
     plans = bundle.plans(COARSE, folds[0])
+    for stage in (COARSE, FINE):
+        for fold in folds:
+            other = bundle.plans(stage, fold)
+            if (other.intensity, other.classes) != (plans.intensity, plans.classes):
+                raise KitssegError(f"{path}: fold {fold} of {stage} was trained with other plans (intensity or "
+                                   "classes differ)")
     if engine == "onnxruntime":
         from kitsseg.deploy.onnx_engine import OnnxEngine
 
