@@ -96,7 +96,8 @@ def main() -> None:
             stage = plans.stage(name)
             batch_size = args.batch_size or stage.batch_size
             volumes = load_stage_volumes(paths.stage_dir(name), case_ids)
-            sampler = CropSampler(centred_on_mask=not stage.merges_foreground)
+            sampler = CropSampler(centred_on_mask=not stage.merges_foreground,
+                                  pad_value=plans.intensity.padding_value)
             batches = make_batches(volumes, sampler, stage.patch_size, batch_size, stage.merges_foreground,
                                    seed=0, augment_strength=1.0, num_workers=args.num_workers)
             loader = _loader_rate(batches, args.seconds)

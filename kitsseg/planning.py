@@ -81,8 +81,10 @@ class TrainingRecipe:
     """How a stage is trained: kits_train's defaults (flags override them, recorded in train_config.json).
 
     AdamW with polynomial learning-rate decay (exponent 0.9) over `epochs` x `iters_per_epoch`
-    iterations, or over `time_budget_min` minutes of wall clock when that is above 0. Fine crops
-    are centred on a lesion voxel with `lesion_fraction`, anywhere in the VOI with `outside_fraction`.
+    iterations, or over `time_budget_min` minutes of wall clock when that is above 0. A fine crop's
+    centre class is drawn first: a lesion (tumour, cyst) with `lesion_fraction`, background inside
+    the VOI with `outside_fraction`, kidney otherwise; each face of the VOI is moved at random by
+    up to `voi_jitter_mm` (planned: one coarse voxel, the coarse stage's typical error).
     """
 
     loss: str = "gdice_ce"
@@ -93,6 +95,7 @@ class TrainingRecipe:
     time_budget_min: float = 0.0
     lesion_fraction: float = 0.33
     outside_fraction: float = 0.0
+    voi_jitter_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     augment_strength: float = 1.0
     num_workers: int = 2
 
@@ -316,8 +319,10 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         patch = _shrink_patch(stage_preset.get("patch_size", (96, 96, 96)),
                               extents_mm[name] / np.asarray(spacing), network.stride)
         batch = stage_preset.get("batch_size") or batch_size_for_budget(network, patch, gpu_memory_gb)
-        recipe = _build(TrainingRecipe, {"num_workers": num_workers or loader_workers(),
-                                         **stage_preset.get("training", {})})
+        planned = {"num_workers": num_workers or loader_workers()}
+        if name == FINE:
+            planned["voi_jitter_mm"] = coarse_spacing
+        recipe = _build(TrainingRecipe, {**planned, **stage_preset.get("training", {})})
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
                                  margin if name == FINE else (0.0, 0.0, 0.0), recipe,
                                  float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)) if name == FINE

@@ -108,6 +108,18 @@ def test_presets_carry_the_training_recipe():
     assert loader_workers(64) == 12 and loader_workers(2) == 2
 
 
+def test_fine_recipe_jitters_the_voi_by_one_coarse_voxel_and_context_is_half_a_patch():
+    preset = load_preset(DEFAULT_PRESET)
+    preset["stages"][COARSE]["spacing_mm"] = [5.0, 6.0, 7.0]
+    plans = plan_experiment(fingerprint(), "KiTS19", LABELS, preset)
+    assert plans.stage(FINE).training.voi_jitter_mm == (5.0, 6.0, 7.0)
+    assert plans.stage(COARSE).training.voi_jitter_mm == (0.0, 0.0, 0.0)
+    assert plans.stage(FINE).context_mm == (48.0, 48.0, 48.0)  # 96^3 crops at 1 mm
+    assert plans.stage(COARSE).context_mm == (0.0, 0.0, 0.0)
+    preset["stages"][FINE]["training"] = {"voi_jitter_mm": [0, 0, 0]}
+    assert plan_experiment(fingerprint(), "K", LABELS, preset).stage(FINE).training.voi_jitter_mm == (0, 0, 0)
+
+
 def test_no_gpu_plans_the_gpu_preset_with_one_line(monkeypatch):
     import kitsseg.plan_and_preprocess as pp
     from kitsseg.planning import CPU_PRESET

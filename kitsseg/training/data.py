@@ -34,8 +34,7 @@ class CropLoader:
     def __next__(self) -> dict:
         images, labels = [], []
         for _ in range(self.batch_size):
-            volume = self.volumes[self.rng.integers(len(self.volumes))]
-            image, label = self.sampler.sample(volume, self.size, self.rng)
+            image, label = self.sampler.sample(self.volumes, self.size, self.rng)
             images.append(image.astype(np.float32))
             labels.append((label > 0) if self.merge_foreground else label)
         return {"data": np.stack(images)[:, None], "seg": np.stack(labels)[:, None].astype(np.int16)}
@@ -46,7 +45,7 @@ def make_batches(volumes: list[CachedVolume], sampler: CropSampler, patch_size: 
     """An iterator of augmented training batches (augmentation off when strength is 0)."""
     augment = augment_strength > 0
     loader = CropLoader(volumes, sampler, sample_size(patch_size, augment), batch_size, merge_foreground, seed)
-    transform = build_augmentation(patch_size, augment_strength) if augment else None
+    transform = build_augmentation(patch_size, sampler.pad_value, augment_strength) if augment else None
     if num_workers <= 0:
         # batchgenerators' transforms draw from numpy's global generator, its noise from Python's
         np.random.seed(seed % 2**32)

@@ -29,7 +29,7 @@ from kitsseg.planning import Plans, StagePlan, TrainingRecipe, load_plans
 from kitsseg.training.data import make_batches
 from kitsseg.training.distributed import Distributed
 from kitsseg.training.loss import SegmentationLoss
-from kitsseg.training.sampling import CropSampler, load_stage_volumes
+from kitsseg.training.sampling import CropSampler, jitter_voxels, load_stage_volumes
 from kitsseg.training.splits import load_or_create_splits
 from kitsseg.training.validation import validate_stage
 from kitsseg.visualization import plot_progress
@@ -55,6 +55,7 @@ class TrainConfig:
     augment_strength: float = TrainingRecipe.augment_strength
     lesion_fraction: float = TrainingRecipe.lesion_fraction
     outside_fraction: float = TrainingRecipe.outside_fraction
+    voi_jitter_mm: tuple[float, float, float] = TrainingRecipe.voi_jitter_mm
     grad_clip: float = 12.0
     time_budget_min: float = TrainingRecipe.time_budget_min  # > 0: stop (and schedule the lr) by wall clock
     overrides: tuple[str, ...] = ()  # fields the command line set instead of the plans' recipe
@@ -69,7 +70,7 @@ class TrainConfig:
 
 # what a resumed run must share with its checkpoint (workers, device and validation may differ)
 RESUME_FIELDS = ("epochs", "iters_per_epoch", "lr", "weight_decay", "loss", "seed", "augment_strength",
-                 "lesion_fraction", "outside_fraction", "grad_clip", "time_budget_min")
+                 "lesion_fraction", "outside_fraction", "voi_jitter_mm", "grad_clip", "time_budget_min")
 
 
 def recipe_difference(saved: dict, config: TrainConfig) -> str | None:
@@ -161,7 +162,9 @@ class Trainer:
         self.loss = SegmentationLoss(config.loss)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.sampler = CropSampler(centred_on_mask=not self.stage.merges_foreground,
-                                   lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction)
+                                   pad_value=self.plans.intensity.padding_value,
+                                   lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction,
+                                   voi_jitter_voxels=jitter_voxels(config.voi_jitter_mm, self.stage.spacing_mm))
         self.epoch, self.log, self.ema, self.best = 0, [], None, None
         self.batches = None  # the training loader's worker processes, started by the first epoch
         self.seconds_before = 0.0  # training time of earlier sessions (time budget)
