@@ -53,13 +53,12 @@ def test_onnx_engine_gives_the_torch_engine_labels(tiny_bundle, phantom_raw):
         assert expected.any() and (got == expected).mean() >= 0.999
 
 
-def test_export_refuses_a_graph_that_differs_from_pytorch(monkeypatch):
+def test_export_refuses_a_graph_that_differs_from_pytorch(monkeypatch, tiny_bundle):
     from kitsseg.deploy import onnx_export
+    from kitsseg.deploy.bundle import open_bundle
     from kitsseg.network.vbnet import VBNet
-    from tests.test_predictor import paper_plans
 
-    plans = paper_plans(cysts=False)
-    stage = plans.stage("3d_coarse")
+    stage = open_bundle(tiny_bundle).plans("3d_coarse", "0").stage("3d_coarse")
     network, other = VBNet(stage.network).eval(), VBNet(stage.network).eval()
     exported = onnx_export.network_to_onnx(other, stage.network.stride)  # another network's weights
     monkeypatch.setattr(onnx_export, "network_to_onnx", lambda net, stride: exported)
