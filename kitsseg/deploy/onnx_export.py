@@ -2,7 +2,8 @@
 
 Opset 17 is run by every ONNX Runtime CPU release since 1.13 (2022). Batch norms are folded
 into the convolutions before export, as the PyTorch engine runs them. Exported with
-torch's TorchScript-based exporter, which needs no package beyond torch.
+torch's TorchScript-based exporter, which needs the onnx package; verified with ONNX Runtime
+(both in the `export` extra).
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def network_to_onnx(network: nn.Module, stride: int) -> bytes:
     """The ONNX bytes of an eval-mode network taking (1, 1, z, y, x) inputs, sides multiples of `stride`."""
     example = torch.zeros(1, 1, 2 * stride, 2 * stride, 2 * stride)
     buffer = io.BytesIO()
+    try:
+        import onnx  # noqa: F401 (the exporter needs it)
+    except ImportError:
+        raise KitssegError("kits_export needs the onnx package: pip install 'kitsseg[export]'") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
         torch.onnx.export(network, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
