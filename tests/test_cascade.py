@@ -17,10 +17,10 @@ from kitsseg.planning import COARSE, FINE, IntensityConfig
 from kitsseg.postprocessing import keep_kidney_component
 from tests.test_predictor import LEVEL_HU, coarse_oracle, decode, dice, fine_oracle, paper_plans
 
-# KiTS19 case_00004 (canonical 64 x 512 x 512 at 4 x 0.977 x 0.977 mm), its middle: kidneys at x 79-156
+# KiTS19 case_00004 (canonical 64 x 512 x 512 at 4 x 0.977 x 0.977 mm), around its kidneys: at x 79-156
 # (the patient's right, no tumour) and 241-334 (tumour at x 302-334) of the crop's 400; midline x = 200
-CASE, CROP = "kits19/case_00004", (slice(None), slice(180, 440), slice(60, 460))
-BRIDGE = (slice(28, 32), slice(110, 130), slice(150, 250))  # 16 x 20 x 98 mm across the midline
+CASE, CROP = "kits19/case_00004", (slice(8, 48), slice(230, 430), slice(60, 460))
+BRIDGE = (slice(20, 24), slice(60, 80), slice(150, 250))  # 16 x 20 x 98 mm across the midline
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_tumour_lobe_detached_from_its_kidney_stays(kits_labels):
     labels, spacing = kits_labels
     truth = labels.copy()
     z, y, x = np.ogrid[: truth.shape[0], : truth.shape[1], : truth.shape[2]]
-    ball = ((z - 29) * spacing[0]) ** 2 + ((y - 125) * spacing[1]) ** 2 + ((x - 65) * spacing[2]) ** 2 <= 8.0 ** 2
+    ball = ((z - 21) * spacing[0]) ** 2 + ((y - 75) * spacing[1]) ** 2 + ((x - 65) * spacing[2]) ** 2 <= 8.0 ** 2
     truth[ball] = 2  # a 16 mm tumour lobe 6 mm lateral to the right kidney (which reaches x = 79)
     components, count = ndi.label(truth > 0, np.ones((3, 3, 3)))
     assert count == 3 and np.unique(components[ball]).size == 1  # the lobe is a component of its own
