@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.errors import KitssegError
@@ -23,14 +23,16 @@ CHECKPOINT = "checkpoint_final.pt"
 
 
 def fold_batch_norms(network: nn.Module) -> nn.Module:
-    """Fold each batch norm that follows a convolution into it (eval mode): the same function up to
-    float rounding, without the norms' outputs, so a pass is faster and needs less memory."""
+    """Fold each batch norm that follows a convolution into it, in place (eval mode): the same function
+    up to float rounding, without the norms' outputs, so a pass is faster and needs less memory."""
     for module in list(network.modules()):
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
                 conv, norm = module[i], module[i + 1]
                 if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and isinstance(norm, nn.BatchNorm3d):
-                    module[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose3d))
+                    conv.weight, conv.bias = fuse_conv_bn_weights(
+                        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight,
+                        norm.bias, transpose=isinstance(conv, nn.ConvTranspose3d))
                     module[i + 1] = nn.Identity()
     return network
 
