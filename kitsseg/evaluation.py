@@ -9,7 +9,9 @@ reimplemented in `kitsseg.surface_distance`): surface elements on the voxel corn
 their area, with distances between surface elements; HD95 is the larger of the two directed
 area-weighted 95th percentiles (the official scorer reports no HD95; this is that method's).
 Both masks empty: Dice 1, surface Dice 1, HD95 0. One empty: Dice 0, surface Dice 0, HD95 NaN
-(Dice and surface Dice as the official scorer sets them).
+(Dice and surface Dice as the official scorer sets them). A NaN has no place in a mean or median:
+summary.json's HD95 means and medians are over the cases with a defined distance, and `undefined`
+counts, per column, the cases left out (a missed tumour lowers no HD95 mean, so the count says so).
 
 `metrics="kits23"` writes the official scorer's columns only, under its names (KITS23_COLUMNS:
 caseID, Dice_kidney, Dice_masses, Dice_tumor, SD_kidney, SD_masses, SD_tumor); its closing
@@ -127,6 +129,7 @@ def evaluate_folders(reference_dir: Path, prediction_dir: Path, out_dir: Path | 
     columns = list(table.columns[1:])  # all but the case id
     summary = {"mean": {c: _finite_or_none(table[c].mean()) for c in columns},
                "median": {c: _finite_or_none(table[c].median()) for c in columns},
-               "num_cases": len(table), "metrics": metrics}
+               "num_cases": len(table), "metrics": metrics,
+               "undefined": {c: int(n) for c, n in table[columns].isna().sum().items() if n}}
     write_json(summary, out_dir / "summary.json")
     return summary

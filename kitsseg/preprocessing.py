@@ -76,7 +76,7 @@ def _resample_box(image, label, box: Box, spacing_mm, stage: StagePlan, intensit
     shape = shape_at_spacing(crop_image.shape, spacing_mm, stage.spacing_mm)
     effective = tuple(float(n * s / m) for n, s, m in zip(crop_image.shape, spacing_mm, shape))
     resampled_hu = resample(crop_image, shape)
-    np.rint(resampled_hu, out=resampled_hu)  # whole HU, as the source CT; compresses far better
+    # not rounded to whole HU: inference feeds the networks unrounded resampled HU, and training sees the same
     return StageArrays(normalise(resampled_hu, intensity), resample_labels(crop_label, shape, label_values),
                        box, effective, None if voi is None else box_in_resampled(voi, box, shape))
 

@@ -199,3 +199,53 @@ def test_kits23_metric_set_matches_official_scorer(tmp_path):
     assert list(table["caseID"]) == list(OFFICIAL_KITS23)
     np.testing.assert_allclose(table.iloc[:, 1:].to_numpy(float), list(OFFICIAL_KITS23.values()), atol=1e-6)
     assert list(summary["mean"]) == list(table.columns[1:])
+
+
+def test_hd95_means_leave_out_undefined_cases_and_count_them(tmp_path):
+    """A case whose tumour was missed has no HD95: the mean is over the others (0 and a shift's value,
+    halved) and summary.json counts the case left out."""
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    reference = np.zeros((6, 12, 12), np.uint8)
+    reference[1:5, 2:10, 2:10] = 1
+    reference[2:4, 4:7, 4:7] = 2
+    shifted = reference.copy()
+    shifted[2:4, 4:7, 4:7] = 1
+    shifted[2:4, 5:8, 4:7] = 2  # the tumour one voxel (0.8 mm) further along y
+    missed = reference.copy()
+    missed[missed == 2] = 1
+    for case, prediction in (("a_same", reference), ("b_shifted", shifted), ("c_missed", missed)):
+        write(reference, ref / f"{case}.nii.gz")
+        write(prediction, pred / f"{case}.nii.gz")
+    summary = evaluate_folders(ref, pred, tmp_path / "out", quiet=True)
+    shift_hd95 = case_metrics(shifted, reference, (2.5, 0.8, 0.6))["tumor_hd95"]
+    assert shift_hd95 > 0
+    assert summary["mean"]["tumor_hd95"] == pytest.approx(shift_hd95 / 2)  # (0 + shift) / 2, not / 3
+    assert summary["median"]["tumor_hd95"] == pytest.approx(shift_hd95 / 2)
+    assert summary["undefined"] == {"tumor_hd95": 1, "masses_hd95": 1}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["undefined"] == summary["undefined"]
+
+
+def test_kits_evaluate_command_with_the_kits23_metrics(tmp_path, capsys):
+    from kitsseg.cli import evaluate_main
+
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    for case, (prediction, reference) in kits23_cases().items():
+        write(reference, ref / f"{case}.nii.gz", spacing=(0.78, 0.78, 3.0))
+        write(prediction, pred / f"{case}.nii.gz", spacing=(0.78, 0.78, 3.0))
+    assert evaluate_main(["-r", str(ref), "-p", str(pred), "-o", str(tmp_path / "out"), "--metrics", "kits23",
+                          "--quiet"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "per_case.csv", dtype={"caseID": str})
+    assert list(table.columns) == ["caseID", "Dice_kidney", "Dice_masses", "Dice_tumor",
+                                   "SD_kidney", "SD_masses", "SD_tumor"]
+    np.testing.assert_allclose(table.iloc[:, 1:].to_numpy(float), list(OFFICIAL_KITS23.values()), atol=1e-6)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metrics"] == "kits23" and summary["num_cases"] == 4 and summary["undefined"] == {}
+    official_means = np.mean(list(OFFICIAL_KITS23.values()), axis=0)
+    np.testing.assert_allclose(list(summary["mean"].values()), official_means, atol=1e-6)
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:6])
+    assert list(printed) == list(table.columns[1:])
+    np.testing.assert_allclose([float(v) for v in printed.values()], official_means, atol=1e-4)

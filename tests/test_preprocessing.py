@@ -11,7 +11,8 @@ from kitsseg.paths import DatasetPaths
 from kitsseg.plan_and_preprocess import plan_and_preprocess
 from kitsseg.planning import COARSE, FINE, NetworkConfig
 from kitsseg.planning import IntensityConfig, StagePlan
-from kitsseg.preprocessing import load_npz, preprocess_coarse, preprocess_fine, read_sidecar
+from kitsseg.preprocessing import load_npz, normalise, preprocess_coarse, preprocess_fine, read_sidecar
+from kitsseg.resampling import resample
 
 
 @pytest.fixture
@@ -200,3 +201,47 @@ def test_splits_known_values_of_nnunet_rule():
     assert [len(f["val"]) for f in odd] == [8, 8, 7, 7, 7]
     assert odd[0]["val"] == ["KiTS-0b", "KiTS-25", "KiTS-29", "KiTS-42", "KiTS-88", "case-28b", "case-49", "case-53"]
     assert odd[4]["val"] == ["KiTS-21", "case-18", "case-36", "case-7", "case-91", "case-95b", "case-98"]
+
+
+def test_training_sees_what_inference_feeds_the_networks():
+    """The same scan through preprocessing (training's caches) and through the predictor's resampling
+    and normalisation: equal arrays, coarse and fine (training rounded the resampled HU, inference not)."""
+    from kitsseg.inference.predictor import Predictor
+    from tests.test_predictor import paper_plans
+
+    plans = paper_plans(cysts=False)
+    z, y, x = np.indices((30, 64, 64))
+    image = (7 * z + 3 * y - 2 * x - 100).astype(np.int16)  # whole HU whose resampled values are not
+    label = np.zeros(image.shape, np.uint8)
+    label[10:20, 20:44, 10:30] = 1
+    spacing = (2.5, 0.8, 0.8)
+    predictor = Predictor(plans, [lambda x: x], [lambda x: x])
+    coarse = preprocess_coarse(image, label, spacing, plans.stage(COARSE), plans.intensity)
+    np.testing.assert_array_equal(coarse.image, predictor._resampled(image, spacing, plans.stage(COARSE)))
+    (fine,) = preprocess_fine(image, label, spacing, plans.stage(FINE), plans.intensity, (0, 1, 2))
+    np.testing.assert_array_equal(fine.image, predictor._resampled(image[fine.box], spacing, plans.stage(FINE)))
+    assert not np.array_equal(fine.image, normalise(np.rint(resample(image[fine.box], fine.image.shape)),
+                                                    plans.intensity))  # rounding would show
+
+
+def test_percentile_normalisation_known_values():
+    """Clip to the foreground's 0.5/99.5 percentiles, then z-score with its mean and std; planned from the
+    fingerprint when the preset (or -n percentile) asks for it."""
+    intensity = IntensityConfig("percentile", (-100.0, 300.0), 100.0, 50.0)
+    hu = np.array([-500.0, 0.0, 100.0, 250.0, 1000.0], np.float32)
+    np.testing.assert_allclose(normalise(hu, intensity), [-4.0, -2.0, 0.0, 3.0, 4.0])
+    from kitsseg.fingerprint import Fingerprint
+    from kitsseg.planning import plan_experiment
+
+    fingerprint = Fingerprint({}, (2.0, 0.8, 0.8), (32, 64, 64),
+                              {"mean": 80.0, "std": 40.0, "min": -900.0, "max": 2000.0,
+                               "percentile_00_5": -50.0, "percentile_99_5": 250.0},
+                              {"median": [40.0, 25.0, 20.0], "percentile_95": [45.0, 30.0, 25.0]}, (0, 1, 2))
+    plans = plan_experiment(fingerprint, "P", {"background": 0, "kidney": 1, "tumor": 2}, {}, "percentile")
+    assert (plans.intensity.scheme, plans.intensity.window_hu, plans.intensity.mean, plans.intensity.std) == \
+           ("percentile", (-50.0, 250.0), 80.0, 40.0)
+    image = np.full((12, 30, 30), 170, np.int16)  # (170 - 80) / 40 = 2.25 everywhere
+    coarse = preprocess_coarse(image, np.zeros(image.shape, np.uint8), (2.0, 0.8, 0.8), plans.stage(COARSE),
+                               plans.intensity)
+    np.testing.assert_allclose(coarse.image, 2.25)
+    assert plans.intensity.padding_value == pytest.approx((-50.0 - 80.0) / 40.0)  # air: the window's low end
