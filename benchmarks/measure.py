@@ -1,4 +1,10 @@
-"""Shared benchmark helpers: wall time and peak RSS summed over a command's whole process tree."""
+"""Shared benchmark helpers: wall time and peak memory summed over a command's whole process tree.
+
+Memory is sampled every 50 ms as two sums over the tree: RSS (resident pages; a page that several
+processes share, such as a forked worker's copy of its parent, counts once per process) and PSS
+(proportional set size from /proc/PID/smaps_rollup: a shared page counts 1/N in each of its N
+processes, so the sum is the memory the tree really holds). Report PSS, with RSS beside it.
+"""
 from __future__ import annotations
 
 import os
@@ -7,46 +13,79 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 SHARED = Path(os.environ.get("KITSSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
 RENDER_SCRIPT = SHARED / "bench" / "render_ct.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
+class TreeMeasurement(NamedTuple):
+    seconds: float
+    peak_pss_bytes: int  # sampled peak of the PSS summed over the process tree
+    peak_rss_bytes: int  # sampled peak of the RSS summed over the process tree (shared pages counted per process)
+    exit_code: int
+
+
+def _tree_pids(root_pid: int) -> list[int]:
+    """The process and all its descendants, alive now."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as f:
-                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            children.setdefault(ppid, []).append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [root_pid]
+        children.setdefault(ppid, []).append(int(entry))
+    pids, stack = [], [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        pids.append(pid)
         stack.extend(children.get(pid, []))
-    return total
+    return pids
 
 
-def run_measured(command: list[str], env: dict | None = None, log: Path | None = None) -> tuple[float, int, int]:
-    """Run a command; return (wall seconds, peak RSS summed over its process tree, exit code)."""
-    peak = 0
+def _pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def tree_memory_bytes(root_pid: int) -> tuple[int, int]:
+    """(PSS, RSS) summed over a process and its descendants (a process that ends meanwhile counts 0)."""
+    pss = rss = 0
+    for pid in _tree_pids(root_pid):
+        try:
+            pss, rss = pss + _pss_bytes(pid), rss + _rss_bytes(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return pss, rss
+
+
+def run_measured_tree(command: list[str], env: dict | None = None, log: Path | None = None) -> TreeMeasurement:
+    """Run a command; return its wall seconds, the peaks of the PSS and RSS summed over its process
+    tree, and its exit code."""
+    peak_pss = peak_rss = 0
     start = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak_pss, peak_rss
         while not done.is_set():
-            peak = max(peak, _tree_rss_bytes(process.pid))
+            pss, rss = tree_memory_bytes(process.pid)
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -57,7 +96,14 @@ def run_measured(command: list[str], env: dict | None = None, log: Path | None =
     sampler.join()
     if log:
         out.close()
-    return seconds, peak, code
+    return TreeMeasurement(seconds, peak_pss, peak_rss, code)
+
+
+def run_measured(command: list[str], env: dict | None = None, log: Path | None = None) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS summed over the process tree, exit code): the older form, RSS only; use
+    `run_measured_tree` to report PSS beside it."""
+    measured = run_measured_tree(command, env, log)
+    return measured.seconds, measured.peak_rss_bytes, measured.exit_code
 
 
 def disk_bytes(path: Path) -> int:
