@@ -3,26 +3,27 @@
 Canonical arrays are LPS: x (axis 2) points to the patient's left. Voxels of the kidney
 region (label > 0: kidney, tumour and cyst) right of the body's midline count for the right
 kidney, the others for the left. The midline is the median x of the body (voxels above
-`BODY_HU`) on a coarse subsample of the image, else the scan's centre.
+`BODY_HU`), else the scan's centre; the cascade takes it on its coarse image, where it also
+cuts a kidney component spanning both sides (`CascadeResult.midline_x`, `inference.voi`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 BODY_HU = -500.0
-SUBSAMPLE = 4  # every 4th voxel along each axis: the midline needs no more
 
 
 def body_midline_x(image_hu: np.ndarray) -> float:
-    """The body's midline along canonical x, in voxel-edge units (0 = the scan's first edge).
+    """The body's midline along canonical x, in voxel-edge units (0 = the scan's first edge): the
+    median x of the body's voxels (the body is often off the scan's centre; the median ignores an
+    arm or the table better than the body's extent would).
 
     >>> image = np.full((2, 2, 40), -1000.0); image[..., 8:24] = 40.0  # the body covers x = 8..23
     >>> body_midline_x(image), body_midline_x(np.full((2, 2, 40), -1000.0))
     (16.0, 20.0)
     """
-    sample = image_hu[::SUBSAMPLE, ::SUBSAMPLE, ::SUBSAMPLE]
-    xs = np.nonzero(sample > BODY_HU)[2]
-    return float(np.median(xs * SUBSAMPLE + SUBSAMPLE / 2)) if len(xs) else image_hu.shape[2] / 2  # block centres
+    xs = np.nonzero(image_hu > BODY_HU)[2]
+    return float(np.median(xs + 0.5)) if len(xs) else image_hu.shape[2] / 2
 
 
 def side_volumes_ml(labels: np.ndarray, spacing_mm, midline_x: float) -> dict[str, float]:

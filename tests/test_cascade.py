@@ -188,13 +188,13 @@ def test_a_component_spanning_the_midline_is_cut_there_unless_one_side_holds_lit
 
 
 def test_body_midline_is_the_median_body_column_not_the_scan_centre():
-    from kitsseg.inference.voi import body_midline_x
+    from kitsseg.kidney_sides import body_midline_x
 
-    image = np.full((4, 10, 40), -1.0, np.float32)
-    image[:, 2:8, 4:20] = 0.1  # a body off the scan's centre (x 4 to 20)
-    assert body_midline_x(image, -1.0) == 12.0  # the scan's centre: 20
-    image[1, 5, 36] = 0.5  # an arm or a table edge: one voxel moves the median by half a column
-    assert body_midline_x(image, -1.0) == 12.5
+    image = np.full((4, 10, 40), -1000.0, np.float32)
+    image[:, 2:8, 4:20] = -100.0  # a body (fat) off the scan's centre (x 4 to 20)
+    assert body_midline_x(image) == 12.0  # the scan's centre: 20
+    image[1, 5, 36] = 300.0  # an arm or a table edge: one voxel moves the median by half a column
+    assert body_midline_x(image) == 12.5
 
 
 def test_overlapping_vois_both_paste_their_kidneys():

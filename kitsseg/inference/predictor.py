@@ -29,8 +29,9 @@ from kitsseg.boxes import Box, box_shape, grow_box
 from kitsseg.errors import KitssegError
 from kitsseg.inference.engine import Engine
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
-from kitsseg.inference.voi import body_midline_x, coarse_mask_in_box, find_vois
+from kitsseg.inference.voi import coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, align_to_axes, labels_onto, to_canonical, to_sitk
+from kitsseg.kidney_sides import body_midline_x
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
                             network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
@@ -49,7 +50,8 @@ class CascadeResult:
     kidneys_found: int  # VOIs (at most one per side of the body)
     unprocessed: np.ndarray | None = None
     probabilities: list = field(default_factory=list)  # [(box, (C, *box shape) float16), ...]
-    coarse_threshold: float = 0.5  # kidney-region probability that found the VOIs (second try: LOWERED_COARSE_THRESHOLD)
+    coarse_threshold: float = 0.5  # kidney-region probability that found the VOIs (second try: the lowered one)
+    midline_x: float = 0.0  # the body's midline along canonical x, voxel-edge units (kidney_sides.body_midline_x)
 
 
 def paste(labels: np.ndarray, box, voi_labels: np.ndarray) -> None:
@@ -111,14 +113,16 @@ class Predictor:
 
     def coarse_probabilities(self, image_hu: np.ndarray, spacing_mm, held_bytes: int = 0) -> tuple[np.ndarray, float]:
         """(C, *coarse shape) probabilities of the coarse stage, and the body's midline along x
-        in coarse voxels (`body_midline_x` of the coarse image)."""
+        in coarse voxels (`body_midline_x` of the coarse image in HU)."""
         coarse = self.plans.stage(COARSE)
         with profiling.stage("coarse resampling"):
-            image = self._resampled(image_hu, spacing_mm, coarse)
+            image = resample(image_hu, shape_at_spacing(image_hu.shape, spacing_mm, coarse.spacing_mm))
+            midline_x = body_midline_x(image)
+            normalise(image, self.plans.intensity)
         with profiling.stage("coarse network"):
             held_bytes += network_stage_bytes(image_hu.shape, image.shape, coarse.num_classes)
             probabilities = self._probabilities(self.coarse_models, coarse, image, held_bytes)
-        return probabilities, body_midline_x(image, self.plans.intensity.padding_value)
+        return probabilities, midline_x
 
     def fine_probabilities(self, crop_hu: np.ndarray, spacing_mm, held_bytes: int = 0) -> np.ndarray:
         """(C, *fine shape) class probabilities of one VOI at the fine spacing."""
@@ -219,7 +223,8 @@ class Predictor:
             if self.memory is not None:
                 self._require_voi_memory(source, spacing_mm, seen, held)
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
-                               np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold)
+                               np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold,
+                               midline_x * image_hu.shape[2] / coarse.shape[3])
         for box, seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
             window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))

@@ -23,7 +23,7 @@ from kitsseg.inference.predictor import LOWERED_COARSE_THRESHOLD, CascadeResult,
 from kitsseg.dicom_seg import SUFFIX as DICOM_SEG_SUFFIX, write_dicom_seg
 from kitsseg.io import (IMAGE_SUFFIXES, OBLIQUE_LIMIT_DEG, axis_aligned_grid, case_id_of, is_oblique, labels_onto,
                         load_volume, read_header, save_label_map)
-from kitsseg.kidney_sides import body_midline_x, side_volumes_ml
+from kitsseg.kidney_sides import side_volumes_ml
 from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
 from kitsseg.profiling import Profile, stage
@@ -101,7 +101,7 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
         if output_format == "dicom-seg":
             write_dicom_seg(labels, own, source, predictor.plans.classes, target.with_name(case_id + DICOM_SEG_SUFFIX))
         volumes = volumes_ml(labels, own.spacing_mm, predictor.plans.classes)
-        volumes.update(side_volumes_ml(result.labels, props.spacing_mm, body_midline_x(image_hu)))
+        volumes.update(side_volumes_ml(result.labels, props.spacing_mm, result.midline_x))
     return {"status": case_status(result, source), "kidneys_found": result.kidneys_found, **volumes,
             "seconds": round(time.perf_counter() - start, 2)}
 

@@ -1,8 +1,9 @@
 """Volumes of interest: kidney components of the coarse mask, one VOI per side of the body.
 
 The coarse mask's 26-connected components of at least `MIN_KIDNEY_ML` are the candidates. A
-component spanning the body's midline (x axis) with a real share on each side (a horseshoe
-kidney, or two kidneys the coarse net joined) is cut there into one piece per side. On each
+component spanning the body's midline (x axis, `kidney_sides.body_midline_x`) with a real share
+on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut there into one
+piece per side. On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
@@ -20,7 +21,6 @@ from kitsseg.boxes import Box, grow_box
 
 MIN_KIDNEY_ML = 1.0
 MIN_SIDE_FRACTION = 0.2  # a component is cut at the midline only when each side holds this share of it
-BODY_MARGIN = 1e-3  # normalised values above the padding value (air) by this much are body
 
 
 def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape: Sequence[int]) -> Box:
@@ -36,19 +36,6 @@ def coarse_mask_in_box(kidney_mask: np.ndarray, box: Box, original_shape: Sequen
     """The coarse mask on the original voxels of `box` (nearest coarse voxel, same convention as above)."""
     index = [np.arange(b.start, b.stop) * m // n for b, m, n in zip(box, kidney_mask.shape, original_shape)]
     return kidney_mask[np.ix_(*index)]
-
-
-def body_midline_x(coarse_image: np.ndarray, padding_value: float) -> float:
-    """The body's midline along x in voxel-edge units (0 = the scan's first edge): the median x of
-    the voxels above air. The scan's centre is used when no voxel is (the body is often off the
-    scan's centre; the median ignores a table or one arm better than the extent would).
-
-    >>> image = np.full((1, 1, 10), -1.0); image[..., 4:8] = 0.2  # the body covers x = 4..7
-    >>> body_midline_x(image, -1.0), body_midline_x(np.full((1, 1, 10), -1.0), -1.0)
-    (6.0, 5.0)
-    """
-    xs = np.nonzero(coarse_image > padding_value + BODY_MARGIN)[2]
-    return float(np.median(xs + 0.5)) if len(xs) else coarse_image.shape[2] / 2
 
 
 def _side_pieces(in_component: np.ndarray, midline_x: float) -> list[tuple[int, np.ndarray]]:
