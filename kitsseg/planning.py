@@ -28,7 +28,7 @@ DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper
 CPU_PRESET = DEFAULT_PRESET.parent / "cpu.json"
 MAX_LOADER_WORKERS = 12
 DEFAULT_GPU_MEMORY_GB = 8.0
-INFERENCE_CONTEXT_MM = 4.0  # fine VOIs at inference: real image per side (plans written before it: 0)
+INFERENCE_CONTEXT_MM = 0.0  # fine VOIs at inference: real image per side beyond the stride fill (see Predictor)
 
 
 @dataclass(frozen=True)

@@ -281,3 +281,18 @@ def test_a_gpu_passes_a_voi_whole_when_its_free_memory_holds_it(monkeypatch):
     cpu = Predictor(plans, [coarse_oracle], [fine_oracle(3)], device="cpu")
     assert cpu._pass_plan(fine, voi, 0)[0] is not None  # a CPU keeps the 2 GB peak target: tiles
     assert cpu._pass_plan(plans.stage(COARSE), (50, 70, 70), 0)[0] is None
+
+
+def test_the_voi_is_grown_with_real_image_up_to_the_stride_multiple_the_pass_would_pad_to():
+    plans = paper_plans(cysts=False)  # fine: 1 mm, stride 16
+    plans.stages[FINE] = dataclasses.replace(plans.stage(FINE), inference_context_mm=0.0)
+    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(3)])
+    box = (slice(100, 232), slice(150, 266), slice(50, 159))  # 132 x 116 x 109 at 1 mm: padded to 144 x 128 x 112
+    assert predictor._with_context(box, (400, 512, 512), (1.0, 1.0, 1.0)) == (
+        slice(94, 238), slice(144, 272), slice(49, 160))  # 144 x 128 x 111: the padded shape, of real image
+    # 3 mm slices: 44 slices (132 mm) grow to 48 (144 mm); in-plane clipped at the scan's start
+    assert predictor._with_context((slice(2, 46), slice(0, 116), slice(0, 109)), (100, 512, 512), (3.0, 1.0, 1.0)) == (
+        slice(0, 48), slice(0, 122), slice(0, 110))
+    plans.stages[FINE] = dataclasses.replace(plans.stage(FINE), inference_context_mm=4.0)
+    assert Predictor(plans, [coarse_oracle], [fine_oracle(3)])._with_context(box, (400, 512, 512), (1.0, 1.0, 1.0)) == (
+        slice(94, 238), slice(144, 272), slice(41, 168))  # x: 4 mm per side, then 117 -> 127 (odd: 1 padded)

@@ -11,7 +11,8 @@ that fits is one pass); stages are timed for `--profile`.
 
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
 `LOWERED_COARSE_THRESHOLD`. Each VOI (`kitsseg.inference.voi`) is grown by the fine stage's
-`inference_context_mm` of real image on every side (clipped to the scan; beyond the scan the
+`inference_context_mm` of real image on every side, and further up to the network's stride
+multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
 passes pad with what air normalises to) before the fine networks see it, and the probabilities
 are taken back on the VOI alone.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from kitsseg import profiling
-from kitsseg.boxes import Box, box_shape, grow_box
+from kitsseg.boxes import Box, box_shape
 from kitsseg.errors import KitssegError
 from kitsseg.inference.engine import Engine
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
@@ -202,9 +203,23 @@ class Predictor:
         return vois, mask, threshold
 
     def _with_context(self, box: Box, shape, spacing_mm) -> Box:
-        """The VOI grown by the fine stage's inference context on every side, clipped to the scan."""
-        context_mm = self.plans.stage(FINE).inference_context_mm
-        return grow_box(box, (context_mm,) * 3, spacing_mm, shape)
+        """The VOI grown on every side by the fine stage's inference context and then by what the pass
+        would otherwise pad to the network's stride (real image at no extra network cost), clipped to
+        the scan. In original voxels: the largest extent that the fine spacing still rounds to the
+        stride multiple."""
+        fine = self.plans.stage(FINE)
+        grown = []
+        for b, s, f, n in zip(box, spacing_mm, fine.spacing_mm, shape):
+            context = int(np.ceil(fine.inference_context_mm / s))
+            extent = b.stop - b.start + 2 * context
+            fine_voxels = shape_at_spacing((extent,), (s,), (f,))[0]
+            target = -(-fine_voxels // fine.network.stride) * fine.network.stride
+            largest = int((target + 0.5) * f / s)
+            if shape_at_spacing((largest,), (s,), (f,))[0] > target:
+                largest -= 1
+            grow = context + max(0, (largest - extent) // 2)
+            grown.append(slice(max(0, b.start - grow), min(n, b.stop + grow)))
+        return tuple(grown)
 
     def predict_array(self, image_hu: np.ndarray, spacing_mm: Sequence[float], keep_unprocessed: bool = False,
                       keep_probabilities: bool = False, source: object = "image") -> CascadeResult:
