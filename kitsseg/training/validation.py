@@ -1,7 +1,8 @@
 """Stage-level validation after training: whole volumes, not crops.
 
 Coarse: kidney-region Dice on each validation case's whole 6 mm volume. Fine: Dice per
-class on each whole ground-truth VOI at the fine spacing.
+class on each whole ground-truth VOI at the fine spacing (the kidney's box and VOI margin inside
+the cached array, without the context cached around it for the training crops).
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def validate_stage(network: nn.Module, stage: StagePlan, volumes: list[CachedVol
     network.eval()
     rows = []
     for volume in tqdm(volumes, desc="validation", disable=quiet, leave=False):
-        image = volume.image.astype(np.float32)
+        image = volume.image[volume.voi].astype(np.float32)  # fine: the VOI, not the cached context around it
         probabilities = predict_volume(as_array_fn(network, device), image, stage.num_classes, stage.network.stride,
                                        tile_for(image.shape, stage.patch_size))
         predicted = probabilities.argmax(0)
-        reference = (volume.label > 0).astype(np.uint8) if stage.merges_foreground else volume.label
+        label = volume.label[volume.voi]
+        reference = (label > 0).astype(np.uint8) if stage.merges_foreground else label
         rows.append({"case": volume.case_id, **{f"dice_{name}": dice_score(predicted == c, reference == c)
                                                  for c, name in enumerate(stage.class_names) if c > 0}})
     keys = [k for k in rows[0] if k != "case"] if rows else []
