@@ -126,3 +126,11 @@ def test_a_missing_bundle_is_named_as_such(tmp_path, phantom_raw, capsys):
     code = cli.predict_main(["-i", str(phantom_raw / "imagesTr"), "-o", str(tmp_path), "-m",
                              str(tmp_path / "absent.kitsseg.zip"), "--engine", "onnxruntime", "--quiet"])
     assert code == 1 and "absent.kitsseg.zip: model bundle not found" in capsys.readouterr().err
+
+
+def test_metadata_without_required_keys_gets_one_line(tiny_bundle, tmp_path):
+    path = tmp_path / "bare.kitsseg.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(METADATA, json.dumps({"format": "kitsseg-model-bundle", "format_version": 1}))
+    with pytest.raises(KitssegError, match="metadata.json lacks folds, tensors, files, stages, label_map"):
+        open_bundle(path)

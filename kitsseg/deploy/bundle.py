@@ -31,6 +31,7 @@ METADATA, POSTPROCESSING = "metadata.json", "postprocessing.json"
 WEIGHTS, PLANS, ONNX = "weights.safetensors", "plans.json", "network.onnx"
 SUFFIX = ".kitsseg.zip"
 ENGINES = ("torch", "onnxruntime")
+REQUIRED_KEYS = ("folds", "tensors", "files", "stages", "label_map")
 
 
 def member(stage: str, fold: str, name: str) -> str:
@@ -102,7 +103,10 @@ def check_bundle(bundle: Bundle) -> None:
         raise KitssegError(f"{path}: bundle format {version} was written by a newer kitsseg "
                            f"({metadata.get('kitsseg_version')}); this one ({_kitsseg_version()}) reads format "
                            f"{FORMAT_VERSION}: upgrade kitsseg")
-    listed = metadata.get("files", {})
+    lacking = [key for key in REQUIRED_KEYS if key not in metadata]
+    if lacking:
+        raise KitssegError(f"{path}: {METADATA} lacks {', '.join(lacking)}")
+    listed = metadata["files"]
     missing = sorted(set(listed) - set(members))
     extra = sorted(set(members) - set(listed) - {METADATA})
     if missing or extra:
