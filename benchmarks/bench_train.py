@@ -1,15 +1,17 @@
 """Training speed: iterations per second of each stage's VB-Net, and the data loader's batches per second.
 
 Uses a preprocessed dataset (`--data-root/-d`, e.g. the one bench_preprocess.py builds from
-rendered KiTS19 cases) or, by default, makes a phantom dataset with the paper's preset. On CUDA
+rendered KiTS19 cases) or, by default, makes a phantom dataset with the paper's preset. Batches,
+loss and loader workers are the plans' recipe, as `kits_train STAGE FOLD` runs with no flags. On CUDA
 the step uses mixed precision and channels_last_3d, and peak GPU memory is reported.
 
     python benchmarks/bench_train.py [--data-root ROOT -d NAME] [--device cpu|cuda] [--seconds 60]
-                                     [--batch-size B] [--num-workers 2]
+                                     [--batch-size B] [--num-workers N] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -49,10 +51,10 @@ def _loader_rate(batches, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _step_rate(stage, batches, device: torch.device, seconds: float) -> tuple[float, float]:
+def _step_rate(stage, config: TrainConfig, batches, device: torch.device, seconds: float) -> tuple[float, float]:
     network = build_network(stage, device).train()
-    optimizer = build_optimizer(network, TrainConfig(stage.name, "0"))
-    loss_fn = SegmentationLoss("gdice")
+    optimizer = build_optimizer(network, config)
+    loss_fn = SegmentationLoss(config.loss)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     batch = _to_tensors(next(batches), device)
     if device.type == "cuda":
@@ -81,7 +83,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seconds", type=float, default=60.0, help="measuring time per stage and per rate")
     parser.add_argument("--batch-size", type=int, help="override the plans' batch size (e.g. 2 on a CPU)")
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, help="loader workers (default: the plans' recipe, as kits_train)")
+    parser.add_argument("--json", action="store_true", help="also print the rows as one JSON line at the end")
     args = parser.parse_args()
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,22 +95,28 @@ def main() -> None:
               f"{len(case_ids)} cases, torch {torch.__version__}")
         print(f"{'stage':<10} {'patch':<14} {'batch':>5} {'MB':>5} {'it/s':>7} {'s/it':>7} "
               f"{'loader batches/s':>17} {'loader/step':>12} {'peak GPU GB':>12}")
+        rows = []
         for name in STAGES:
             stage = plans.stage(name)
-            batch_size = args.batch_size or stage.batch_size
+            config = TrainConfig.from_plans(paths, name, "0")  # the recipe kits_train runs with no flags
+            batch_size, workers = args.batch_size or stage.batch_size, args.num_workers
+            workers = config.num_workers if workers is None else workers
             volumes = load_stage_volumes(paths.stage_dir(name), case_ids)
-            sampler = CropSampler(centred_on_mask=not stage.merges_foreground,
-                                  pad_value=plans.intensity.padding_value)
+            sampler = CropSampler.for_stage(stage, plans.intensity.padding_value, config)
             batches = make_batches(volumes, sampler, stage.patch_size, batch_size, stage.merges_foreground,
-                                   seed=0, augment_strength=1.0, num_workers=args.num_workers)
+                                   seed=0, augment_strength=config.augment_strength, num_workers=workers)
             loader = _loader_rate(batches, args.seconds)
-            steps, peak = _step_rate(stage, batches, device, args.seconds)
+            steps, peak = _step_rate(stage, config, batches, device, args.seconds)
             if hasattr(batches, "_finish"):
                 batches._finish()
             megabytes = parameter_megabytes(build_network(stage, torch.device("cpu")))
-            print(f"{name:<10} {'x'.join(map(str, stage.patch_size)):<14} {batch_size:>5} {megabytes:5.1f} "
-                  f"{steps:7.3f} {1 / steps:7.2f} {loader:17.2f} {loader / steps:11.1f}x {peak:12.2f}")
-
+            patch = "x".join(map(str, stage.patch_size))
+            print(f"{name:<10} {patch:<14} {batch_size:>5} {megabytes:5.1f} "
+                  f"{steps:7.3f} {1 / steps:7.2f} {loader:17.2f} {loader / steps:11.1f}x {peak:12.2f}  ({workers} workers)")
+            rows.append({"stage": name, "patch": patch, "batch_size": batch_size, "num_workers": workers,
+                         "steps_per_s": steps, "loader_per_s": loader})
+        if args.json:
+            print(json.dumps(rows))
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kitsseg.planning import FINE, load_plans  # noqa: E402
 from kitsseg.training.augmentation import sample_size  # noqa: E402
-from kitsseg.training.sampling import CropSampler, jitter_voxels, load_stage_volumes  # noqa: E402
+from kitsseg.training.sampling import CropSampler, load_stage_volumes  # noqa: E402
 
 
 def outside_voxels(start, size, shape) -> int:
@@ -52,8 +52,7 @@ def main() -> None:
     recipe = stage.training
     case_ids = sorted(p.stem for p in (args.preprocessed / FINE).glob("*.json"))
     volumes = load_stage_volumes(args.preprocessed / FINE, case_ids, args.seed)
-    sampler = CropSampler(True, plans.intensity.padding_value, recipe.lesion_fraction, recipe.outside_fraction,
-                          jitter_voxels(recipe.voi_jitter_mm, stage.spacing_mm))
+    sampler = CropSampler.for_stage(stage, plans.intensity.padding_value, recipe)
     print(f"{args.preprocessed}: {len(case_ids)} cases, {len(volumes)} fine arrays, {args.crops} crops, "
           f"seed {args.seed}; fractions {sampler.class_fractions}, VOI jitter {recipe.voi_jitter_mm} mm")
     for name, size in (("patch", stage.patch_size), ("augmentation sample", sample_size(stage.patch_size, True))):

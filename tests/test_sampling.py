@@ -111,3 +111,15 @@ def test_coarse_crops_stay_inside_or_pad_when_small():
     assert image.shape == (32, 32, 32) and (image != -1).all()  # fits: no padding
     image, label = sampler.sample([volume], (48, 64, 64), rng)
     assert image.shape == (48, 64, 64) and label.sum() == volume.label.sum()  # whole volume inside
+
+
+def test_the_sampler_for_a_stage_follows_the_plans_recipe():
+    from kitsseg.planning import COARSE, FINE
+    from tests.test_predictor import paper_plans
+
+    plans = paper_plans()
+    fine = CropSampler.for_stage(plans.stage(FINE), -1.0, plans.stage(FINE).training)
+    assert (fine.centred_on_mask, fine.lesion_fraction, fine.outside_fraction) == (True, 0.33, 0.0)
+    assert fine.voi_jitter_voxels == (6, 6, 6)  # one 6 mm coarse voxel at 1 mm
+    coarse = CropSampler.for_stage(plans.stage(COARSE), -4.0, plans.stage(COARSE).training)
+    assert (coarse.centred_on_mask, coarse.pad_value) == (False, -4.0)

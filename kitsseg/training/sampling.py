@@ -19,6 +19,7 @@ import numpy as np
 
 from kitsseg.boxes import Box
 from kitsseg.errors import KitssegError
+from kitsseg.planning import StagePlan
 from kitsseg.preprocessing import load_npz, read_sidecar
 
 MAX_CENTRES = 20_000
@@ -119,6 +120,12 @@ class CropSampler:
     lesion_fraction: float = 0.33
     outside_fraction: float = 0.0
     voi_jitter_voxels: tuple[int, int, int] = (0, 0, 0)
+
+    @classmethod
+    def for_stage(cls, stage: StagePlan, padding_value: float, recipe) -> "CropSampler":
+        """The sampler kits_train uses for `stage` with `recipe` (its TrainingRecipe or TrainConfig)."""
+        return cls(not stage.merges_foreground, padding_value, recipe.lesion_fraction, recipe.outside_fraction,
+                   jitter_voxels(recipe.voi_jitter_mm, stage.spacing_mm))
 
     def __post_init__(self):
         if min(self.lesion_fraction, self.outside_fraction) < 0 or self.lesion_fraction + self.outside_fraction > 1:
