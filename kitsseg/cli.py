@@ -42,6 +42,11 @@ def _dataset_paths(args: argparse.Namespace) -> DatasetPaths:
     return DatasetPaths(root, resolve_dataset_name(root, args.dataset))
 
 
+# packages of setup.cfg's extras: a command that needs one names the extra when it is missing
+EXTRA_OF_MODULE = {"torch": "torch", "batchgenerators": "torch", "onnxruntime": "deploy", "highdicom": "deploy",
+                   "onnx": "export"}
+
+
 def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int | None],
          argv: list[str] | None) -> int:
     """Parse, run, and turn user errors into one line on stderr and exit code 1."""
@@ -58,6 +63,13 @@ def _run(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace]
         if args.debug:
             raise
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # an optional part not installed: say which extra brings it
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None or args.debug:
+            raise
+        print(f"error: {parser.prog} needs {exc.name}, which is not installed: pip install 'kitsseg[{extra}]'",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
