@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,22 +40,72 @@ def timed_run(command) -> float:
     return time.perf_counter() - start
 
 
+# kits_plan_and_preprocess whose third .npz write stops half-way (flushed, then sleeping): the test kills it there
+STALLED_WRITE = """
+import io, sys, time
+from pathlib import Path
+import numpy as np
+from kitsseg.cli import plan_and_preprocess_main
+
+marker, writes, original = Path(sys.argv[1]), [], np.savez_compressed
+
+def half_then_stall(file, **arrays):
+    writes.append(file.name)
+    if len(writes) < 3:
+        return original(file, **arrays)
+    data = io.BytesIO()
+    original(data, **arrays)
+    file.write(data.getvalue()[: len(data.getvalue()) // 2])
+    file.flush()
+    marker.write_text(file.name)
+    time.sleep(600)
+
+np.savez_compressed = half_then_stall
+sys.exit(plan_and_preprocess_main(sys.argv[2:]))
+"""
+
+
+def npz_contents(folder):
+    """{relative path: (image, label)} of every .npz under a final name (not a temporary file)."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*.npz") if not p.name.startswith(".tmp-")):
+        image, label = load_npz(path)
+        found[str(path.relative_to(folder))] = (image, label)
+    return found
+
+
 def test_preprocessing(phantom_raw, tmp_path):
-    paths = DatasetPaths(tmp_path, "Phantom")
+    """Killed while an .npz is half written: no half file under a final name, and the rerun equals an
+    uninterrupted run, array for array."""
+    arguments = ["-d", "Phantom", "-np", "1", "--quiet"]
+    reference = DatasetPaths(tmp_path / "reference", "Phantom")
+    shutil.copytree(phantom_raw, reference.raw)
+    timed_run([sys.executable, "-m", "kitsseg.cli", "plan_and_preprocess", "--data-root", str(reference.root),
+               *arguments])
+    paths = DatasetPaths(tmp_path / "killed", "Phantom")
     shutil.copytree(phantom_raw, paths.raw)
-    command = [sys.executable, "-m", "kitsseg.cli", "plan_and_preprocess", "--data-root", str(paths.root),
-               "-d", paths.name, "-np", "1", "--quiet"]
-    rng = np.random.default_rng(0)
-    for _ in range(TRIALS):
-        kill_after(command, rng.uniform(1.0, 4.0))
-        for npz in paths.preprocessed.rglob("*.npz"):  # whatever a killed run left under a final name loads
-            image, label = load_npz(npz)
-            assert image.shape == label.shape
-    timed_run(command)
-    for npz in paths.preprocessed.rglob("*.npz"):
-        image, label = load_npz(npz)
-        assert image.shape == label.shape
-    assert not list(paths.preprocessed.rglob(".tmp-*"))  # leftovers of killed runs are removed
+    marker = tmp_path / "writing"
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WRITE, str(marker), "--data-root", str(paths.root),
+                                *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no third .npz write began"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    half_written = Path(marker.read_text())
+    assert half_written.name.startswith(".tmp-") and half_written.exists()  # the kill landed during that write
+    assert len(npz_contents(paths.preprocessed)) == 2  # the two finished writes, each loadable
+    timed_run([sys.executable, "-m", "kitsseg.cli", "plan_and_preprocess", "--data-root", str(paths.root),
+               *arguments])
+    assert not list(paths.preprocessed.rglob(".tmp-*"))  # the killed run's temporary file is gone
+    expected, got = npz_contents(reference.preprocessed), npz_contents(paths.preprocessed)
+    assert sorted(got) == sorted(expected)
+    for name, (image, label) in expected.items():
+        np.testing.assert_array_equal(got[name][0], image)
+        np.testing.assert_array_equal(got[name][1], label)
 
 
 def _train_command(paths, *extra):
@@ -68,14 +119,19 @@ def test_training(tiny_dataset, tmp_path):
     paths = DatasetPaths(tmp_path / "root", tiny_dataset.name)
     out = paths.results / "3d_coarse" / "fold_0"
     rng = np.random.default_rng(1)
-    killed = 0
+    killed, kept = 0, []
     for _ in range(TRIALS):  # each start continues from the last checkpoint (or starts afresh)
         killed += kill_after(_train_command(paths), rng.uniform(3.0, 9.0))
         for checkpoint in out.glob("checkpoint_*.pt"):
             assert load_checkpoint(checkpoint)["epoch"] >= 1
+        log = (out / "training_log.csv").read_text().splitlines() if (out / "training_log.csv").exists() else []
+        assert log[:len(kept)] == kept  # earlier sessions' rows, wall-clock seconds included, are kept
+        kept = log
     assert killed >= 2, "training ended before most kills: make the run longer"
+    assert len(kept) > 1, "no epoch was finished before the last kill: nothing was resumed"
     timed_run(_train_command(paths))
     log = (out / "training_log.csv").read_text().splitlines()
+    assert log[:len(kept)] == kept  # a --continue that started afresh would rewrite them
     assert [line.split(",")[0] for line in log[1:]] == [str(e) for e in range(8)]  # each epoch once, in order
     assert load_checkpoint(out / "checkpoint_final.pt")["epoch"] == 8
     assert not list(out.glob(".tmp-*"))

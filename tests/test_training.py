@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import torch
 
 from kitsseg.checkpoint import network_from_checkpoint
 from kitsseg.paths import DatasetPaths
-from kitsseg.training.trainer import TrainConfig, poly_lr, train
+from kitsseg.training.trainer import TrainConfig, Trainer, output_dir, poly_lr, train
 
 def fresh_copy(paths: DatasetPaths, tmp_path: Path) -> DatasetPaths:
     shutil.copytree(paths.root, tmp_path / "root")
@@ -81,25 +82,45 @@ def test_killed_run_resumes_to_the_same_losses(tiny_dataset, tmp_path):
     time.sleep(0.3)  # into the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert len(read_log(log_path)) < 3
-    assert subprocess.run(_train_command(resumed, "--continue"), capture_output=True).returncode == 0
+    before = read_log(log_path)
+    assert 1 <= len(before) < 3
+    command = [arg for arg in _train_command(resumed, "--continue") if arg != "--quiet"]
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    # it went on from the checkpoint: the first epoch it ran is the next one, and the killed run's rows are
+    # kept as they were (their wall-clock seconds included, which a fresh start would rewrite)
+    assert re.findall(r"^epoch (\d+):", again.stdout, re.MULTILINE)[0] == str(len(before))
     got = read_log(log_path)
-    assert len(got) == 3
+    assert got[:len(before)] == before and len(got) == 3
     for a, b in zip(expected, got):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-5)
 
 
+def run_ddp_worker(paths: DatasetPaths, out: Path, *mode: str) -> tuple[dict, dict]:
+    """Two CPU ranks (gloo) of tests/ddp_worker.py; each rank's saved parameters and step count."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    repo = str(Path(__file__).resolve().parents[1])
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                str(worker), str(paths.root), str(out), *mode], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+                                   filter(None, [repo, os.environ.get("PYTHONPATH")]))})
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the ranks too, which a hang leaves behind
+        process.communicate()
+        pytest.fail("the DDP ranks did not finish within 120 s (a rank waiting for the other?)")
+    assert process.returncode == 0, stderr[-2000:]
+    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_dataset, tmp_path):
     paths = fresh_copy(tiny_dataset, tmp_path)
-    worker = Path(__file__).with_name("ddp_worker.py")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(worker), str(paths.root), str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert a.keys() == b.keys()
+    a, b = run_ddp_worker(paths, tmp_path)
+    assert a.keys() == b.keys() and int(a.pop("steps")) == int(b.pop("steps")) == 2
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     # the ranks trained: their weights differ from a fresh network with the same seed
@@ -108,6 +129,18 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tiny_dataset, tmp_path):
     from kitsseg.planning import load_plans
     fresh = VBNet(load_plans(paths.plans).stage("3d_coarse").network).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_on_rank_zeros_clock(tiny_dataset, tmp_path):
+    """Under --time-budget each rank read its own clock: a rank whose clock ran ahead stopped alone and
+    left the other waiting in the gradient all-reduce. The stop (and the lr) follow rank 0's clock."""
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    a, b = run_ddp_worker(paths, tmp_path, "time-budget")
+    steps = int(a.pop("steps"))
+    assert int(b.pop("steps")) == steps > 1  # rank 1's own clock would have stopped it after one step
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_time_budget_stops_mid_epoch_and_schedules_by_the_clock(tiny_dataset, tmp_path):
@@ -120,6 +153,56 @@ def test_time_budget_stops_mid_epoch_and_schedules_by_the_clock(tiny_dataset, tm
     log = read_log(out / "training_log.csv")
     assert len(log) == 1  # the one long epoch was cut when the budget ran out
     assert float(log[0]["lr"]) < 0.05 * config.lr  # the learning rate decayed with the clock
+
+
+def stop_after_first_epoch(paths: DatasetPaths, config: TrainConfig) -> dict:
+    """One epoch and its checkpoint, then the run ends as a killed one would (no final checkpoint);
+    returns the epoch's log row."""
+    trainer = Trainer(paths, config, quiet=True)
+    trainer.started = time.perf_counter()
+    try:
+        train_loss = trainer._train_epoch()
+        trainer._end_epoch(train_loss, *trainer._validate_epoch(), 1.0)
+    finally:
+        if hasattr(trainer.batches, "_finish"):
+            trainer.batches._finish()
+    return trainer.log[0]
+
+
+def test_resume_with_loader_workers(tiny_dataset, tmp_path):
+    """Worker processes start with the resumed epoch's seed; the run goes on at epoch 1 from the checkpoint
+    and keeps the first session's row."""
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    config = TrainConfig(stage="3d_coarse", fold="0", epochs=2, iters_per_epoch=2, val_iters=1, device="cpu",
+                         num_workers=2, augment_strength=0.0)
+    first = stop_after_first_epoch(paths, config)
+    out = output_dir(paths, "3d_coarse", "0")
+    assert torch.load(out / "checkpoint_latest.pt", weights_only=True)["epoch"] == 1
+    resumed = Trainer(paths, config, resume=True, quiet=True)
+    assert resumed.epoch == 1 and resumed.log == [first]
+    resumed.fit()
+    log = read_log(out / "training_log.csv")
+    assert [row["epoch"] for row in log] == ["0", "1"] and float(log[0]["seconds"]) == 1.0
+    assert torch.load(out / "checkpoint_final.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_with_a_time_budget_counts_the_earlier_sessions_time(tiny_dataset, tmp_path):
+    """The checkpoint says 5.99 s of a 6 s budget are spent: the resumed run trains one step at the end of
+    the schedule and stops (counting from zero it would train 6 s of 2-step epochs)."""
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    config = TrainConfig(stage="3d_coarse", fold="0", iters_per_epoch=2, val_iters=1, lr=1e-2, device="cpu",
+                         num_workers=0, augment_strength=0.0, time_budget_min=0.1)
+    stop_after_first_epoch(paths, config)
+    latest = output_dir(paths, "3d_coarse", "0") / "checkpoint_latest.pt"
+    state = torch.load(latest, weights_only=True)
+    state["seconds"] = 5.99
+    torch.save(state, latest)
+    out = train(paths, config, resume=True, quiet=True)
+    log = read_log(out / "training_log.csv")
+    assert len(log) == 2 and float(log[1]["lr"]) < 0.05 * config.lr
+    final = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert final["seconds"] >= 6.0
+    assert int(final["optimizer"]["state"][0]["step"]) == 2 + 1  # the first session's two steps and one more
 
 
 def test_no_flags_train_the_plans_recipe_and_flags_are_recorded(tiny_dataset, tmp_path):

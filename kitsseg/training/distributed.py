@@ -46,6 +46,15 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(network, device_ids=[self.device.index]
                                                    if self.device.type == "cuda" else None)
 
+    def from_rank_zero(self, value: float) -> float:
+        """Rank 0's `value` on every rank (a decision the ranks must share, such as the time budget's
+        stop: a rank stopping alone would leave the others waiting in the gradient all-reduce)."""
+        if not self.enabled:
+            return value
+        shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, src=0)
+        return float(shared.item())
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.barrier()

@@ -213,8 +213,8 @@ class Trainer:
     def _progress(self, iteration: int) -> float:
         cfg = self.config
         by_steps = (self.epoch + iteration / cfg.iters_per_epoch) / cfg.epochs
-        if cfg.time_budget_min > 0:
-            return (self.seconds_before + self._elapsed()) / (60 * cfg.time_budget_min)
+        if cfg.time_budget_min > 0:  # rank 0's clock on every rank: they stop at the same step, with one lr
+            return self.dist.from_rank_zero((self.seconds_before + self._elapsed()) / (60 * cfg.time_budget_min))
         return by_steps
 
     def _estimate(self, epoch_seconds: float) -> str:
