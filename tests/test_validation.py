@@ -32,6 +32,6 @@ def test_fine_validation_scores_the_voi_only():
     voi = (slice(14, 46), slice(14, 46), slice(14, 46))
     volume = CachedVolume("case_00000", image, label, voi, np.zeros((0, 3), np.int32), np.zeros((0, 3), np.int32))
     network = LabelFromImage(stage.num_classes)
-    summary = validate_stage(network, stage, [volume], torch.device("cpu"), quiet=True)
+    summary = validate_stage(network, stage, [volume], torch.device("cpu"), -1.0, quiet=True)
     assert summary["mean"] == {"dice_kidney": 1.0, "dice_tumor": 1.0}  # the whole array: kidney below 1
     assert network.seen == [(32, 32, 32)]  # the 32^3 VOI, not the 60^3 array

@@ -335,7 +335,8 @@ class Trainer:
                 self.batches._finish()
         if self.dist.is_main:
             save_checkpoint(self._state(), self.out / "checkpoint_final.pt")
-            summary = validate_stage(self.model, self.stage, self.val_volumes, self.device, quiet=self.quiet)
+            summary = validate_stage(self.model, self.stage, self.val_volumes, self.device,
+                                     self.plans.intensity.padding_value, quiet=self.quiet)
             write_json(summary, self.out / "validation_summary.json")
         self.dist.close()
         return self.out

@@ -25,13 +25,13 @@ def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 @torch.no_grad()
 def validate_stage(network: nn.Module, stage: StagePlan, volumes: list[CachedVolume],
-                   device: torch.device, quiet: bool = False) -> dict:
+                   device: torch.device, padding_value: float, quiet: bool = False) -> dict:
     network.eval()
     rows = []
     for volume in tqdm(volumes, desc="validation", disable=quiet, leave=False):
         image = volume.image[volume.voi].astype(np.float32)  # fine: the VOI, not the cached context around it
         probabilities = predict_volume(as_array_fn(network, device), image, stage.num_classes, stage.network.stride,
-                                       tile_for(image.shape, stage.patch_size))
+                                       tile_for(image.shape, stage.patch_size), pad_value=padding_value)
         predicted = probabilities.argmax(0)
         label = volume.label[volume.voi]
         reference = (label > 0).astype(np.uint8) if stage.merges_foreground else label
