@@ -1,10 +1,13 @@
 """Postprocessing of label maps: keep the connected components of a VOI that the coarse stage found.
 
-Every component with a voxel inside the coarse kidney mask is kept, so a tumour lobe detached
-from its kidney, or a second kidney sharing the VOI, stays. Components outside the mask go: an
-under-trained fine net can label a false region larger than the kidney inside a VOI, and keeping
-the largest would keep that region and drop the kidney. When no component touches the mask (or
-there is no mask) the largest one is kept, the lowest label among equal sizes.
+The component with the most voxels inside the coarse kidney mask is the kidney the coarse stage
+found and always stays; so does every other component with at least `MIN_SUPPORTED_SHARE` of its
+voxels inside the mask: a tumour lobe detached from its kidney, or a second kidney sharing the
+VOI, lies in the coarse kidney region. Other components go: an under-trained fine net can label a
+false region in a neighbouring organ, larger than the kidney and touching the coarse mask's
+blurred 6 mm edge, and neither "the largest" nor "any voxel in the mask" would drop it. When no
+component touches the mask (or there is no mask) the largest one is kept, the lowest label among
+equal sizes.
 
 Tumour and cyst voxels belong to the kidney region (label > 0), so dropping a component
 drops its masses too: masses survive only inside kept kidney components.
@@ -19,6 +22,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from kitsseg.errors import KitssegError
+
+MIN_SUPPORTED_SHARE = 0.5  # of a component's voxels inside the coarse kidney mask, to keep it beside the kidney
 
 
 @dataclass(frozen=True)
@@ -41,26 +46,29 @@ class PostprocessConfig:
 
 
 def keep_kidney_component(labels: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-    """Zero every connected (26-neighbour) component of `labels > 0` that has no voxel in `support`
-    (the coarse stage's kidney mask on the same grid); when none has one, keep only the largest.
+    """Zero every connected (26-neighbour) component of `labels > 0` but the one with the most voxels in
+    `support` (the coarse stage's kidney mask on the same grid) and those with `MIN_SUPPORTED_SHARE` of
+    their voxels in it; when none touches it, keep only the largest.
 
-    >>> keep_kidney_component(np.array([[[1, 2, 0, 1, 0, 1]]]), support=np.array([[[0, 1, 0, 0, 0, 1]]])).tolist()
-    [[[1, 2, 0, 0, 0, 1]]]
+    >>> keep_kidney_component(np.array([[[1, 2, 0, 1, 0, 1, 0, 1, 1, 1]]]),
+    ...                       support=np.array([[[0, 1, 0, 0, 0, 1, 0, 1, 0, 0]]])).tolist()
+    [[[1, 2, 0, 0, 0, 1, 0, 0, 0, 0]]]
     >>> keep_kidney_component(np.array([[[1, 2, 0, 1]]])).tolist()
     [[[1, 2, 0, 0]]]
     """
     components, count = ndi.label(labels > 0, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return labels
-    touched = np.zeros(count + 1, bool)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = -1
+    inside = np.zeros(count + 1, np.int64)
     if support is not None:
-        touched[np.unique(components[support.astype(bool)])] = True
-        touched[0] = False
-    if not touched.any():
-        sizes = np.bincount(components.ravel(), minlength=count + 1)
-        sizes[0] = -1
-        touched[int(np.argmax(sizes))] = True  # argmax: the lowest label among equal sizes
-    return np.where(touched[components], labels, 0).astype(labels.dtype)
+        inside = np.bincount(components[support.astype(bool)], minlength=count + 1)
+        inside[0] = 0
+    kept = inside >= MIN_SUPPORTED_SHARE * sizes
+    kept[0] = False
+    kept[int(np.argmax(inside if inside.any() else sizes))] = True  # argmax: the lowest label among equals
+    return np.where(kept[components], labels, 0).astype(labels.dtype)
 
 
 def postprocess(labels: np.ndarray, config: PostprocessConfig, support: np.ndarray | None = None) -> np.ndarray:

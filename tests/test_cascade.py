@@ -210,7 +210,7 @@ def test_overlapping_vois_both_paste_their_kidneys():
 
 
 # ---- keeping fine components (#16, #20) ----------------------------------------------------------
-def test_every_component_touching_the_coarse_mask_is_kept_else_the_largest():
+def test_components_mostly_in_the_coarse_mask_are_kept_else_the_largest():
     labels = np.zeros((1, 1, 12), np.uint8)
     labels[..., 0:3], labels[..., 4:6], labels[..., 7:9], labels[..., 10:12] = 1, 2, 1, 1
     support = np.zeros_like(labels, bool)
@@ -220,6 +220,18 @@ def test_every_component_touching_the_coarse_mask_is_kept_else_the_largest():
     assert keep_kidney_component(labels, np.zeros_like(support)).tolist() == [[[1, 1, 1] + [0] * 9]]
     labels[..., 2] = 0
     assert keep_kidney_component(labels).tolist() == [[[1, 1] + [0] * 10]]
+
+
+def test_a_false_region_that_only_touches_the_coarse_mask_edge_goes():
+    """A fine net's false region in a neighbouring organ, larger than the kidney and reaching into the
+    coarse mask's blurred edge, goes; the kidney and a detached lobe inside the mask stay."""
+    labels = np.zeros((1, 1, 30), np.uint8)
+    labels[..., 0:8] = 1  # the kidney, inside the mask
+    labels[..., 10:12] = 2  # a detached tumour lobe, inside the mask
+    labels[..., 14:30] = 2  # a false region: 3 of its 16 voxels inside the mask
+    support = np.zeros_like(labels, bool)
+    support[..., 0:17] = True
+    assert keep_kidney_component(labels, support).tolist() == [[[1] * 8 + [0, 0, 2, 2] + [0] * 18]]
 
 
 # ---- padding value, context, whole-VOI passes (#16) -------------------------------------------------
