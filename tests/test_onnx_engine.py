@@ -39,7 +39,7 @@ def test_tta_and_fold_averaging_match_the_torch_engine():
         return lambda t: torch.cat([t * scale, torch.from_numpy(ramp).expand_as(t) + t], 1)
     for tta in (False, True):
         got = OnnxEngine().ensemble([FakeSession(numpy_fold(1.0)), FakeSession(numpy_fold(3.0))], tta)(x)
-        expected = TorchEngine("cpu").ensemble([torch_fold(1.0), torch_fold(3.0)], tta)(x)
+        expected = TorchEngine("cpu", "float32").ensemble([torch_fold(1.0), torch_fold(3.0)], tta)(x)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(OnnxEngine().ensemble([FakeSession(numpy_fold(1.0))], True)(x),
                            OnnxEngine().ensemble([FakeSession(numpy_fold(1.0))], False)(x))  # mirroring matters
@@ -48,7 +48,8 @@ def test_tta_and_fold_averaging_match_the_torch_engine():
 def test_onnx_engine_gives_the_torch_engine_labels(tiny_bundle, phantom_raw):
     for case in ("case_00000", "case_00001"):
         image = sitk.ReadImage(str(phantom_raw / "imagesTr" / f"{case}_0000.nii.gz"))
-        expected = sitk.GetArrayFromImage(predictor_from_bundle(tiny_bundle, "torch", device="cpu").predict(image))
+        expected = sitk.GetArrayFromImage(
+            predictor_from_bundle(tiny_bundle, "torch", device="cpu", precision="float32").predict(image))
         got = sitk.GetArrayFromImage(predictor_from_bundle(tiny_bundle, "onnxruntime").predict(image))
         assert expected.any() and (got == expected).mean() >= 0.999
 
@@ -84,8 +85,8 @@ def test_onnx_prediction_runs_without_torch(tiny_bundle, phantom_raw, tmp_path):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "onnx" / "case_00002.nii.gz")))
-    expected = sitk.GetArrayFromImage(predictor_from_bundle(tiny_bundle, "torch", device="cpu").predict(
-        sitk.ReadImage(str(image))))
+    expected = sitk.GetArrayFromImage(predictor_from_bundle(tiny_bundle, "torch", device="cpu",
+                                                            precision="float32").predict(sitk.ReadImage(str(image))))
     assert np.array_equal(got, expected)
     blocked = subprocess.run([sys.executable, "-c", NO_TORCH, "-i", str(image), "-o", str(tmp_path / "torch"),
                               "-m", str(tiny_bundle), "--engine", "torch", "--quiet"],

@@ -196,8 +196,10 @@ def describe(metadata: dict) -> str:
 
 
 def predictor_from_bundle(path: Path | str, engine: str = "torch", folds: Sequence[str] | None = None,
-                          device: str = "auto", tta: bool = False, postprocess=None, memory=None):
-    """A `Predictor` running the bundle's folds with PyTorch or ONNX Runtime (which needs no torch)."""
+                          device: str = "auto", tta: bool = False, postprocess=None, memory=None,
+                          precision: str = "auto"):
+    """A `Predictor` running the bundle's folds with PyTorch (`precision`: `kitsseg.device.autocast_dtype`)
+    or ONNX Runtime (which needs no torch; float32)."""
     from kitsseg.inference.predictor import Predictor
     from kitsseg.postprocessing import PostprocessConfig
 
@@ -226,7 +228,7 @@ def predictor_from_bundle(path: Path | str, engine: str = "torch", folds: Sequen
             raise KitssegError("--engine torch needs PyTorch (pip install 'kitsseg[torch]' or torch); without "
                                "it, run the bundle with --engine onnxruntime") from None
 
-        runner = TorchEngine(resolve_device(device))
+        runner = TorchEngine(resolve_device(device), precision)
         models = {stage: [network_from_weights(bundle.members[member(stage, f, WEIGHTS)], bundle.plans(stage, f),
                                                stage, runner.device, f"{path}:{member(stage, f, WEIGHTS)}")
                           for f in folds] for stage in (COARSE, FINE)}

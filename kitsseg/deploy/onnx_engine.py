@@ -25,7 +25,7 @@ def _onnxruntime():
 class OnnxEngine:
     """Runs `onnxruntime.InferenceSession`s from (1, 1, z, y, x) float32 arrays to logits."""
 
-    name = "onnxruntime"
+    name, precision = "onnxruntime", "float32"
 
     def __init__(self, threads: int | None = None):
         self.threads = threads

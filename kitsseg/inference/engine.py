@@ -23,6 +23,7 @@ SPATIAL_AXES = (2, 3, 4)
 
 class Engine(Protocol):
     name: str
+    precision: str  # of the passes, as kitsseg_run.json records it: 'float32', 'mixed bfloat16', ...
 
     def ensemble(self, models: Sequence, tta: bool) -> ArrayFn:
         """One function from an input batch to probabilities averaged over `models` (and mirrorings)."""

@@ -80,18 +80,20 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, model_dir: Path | str, folds: Sequence[str] | None = None, device: str = "auto",
                        tta: bool = False, postprocess: PostprocessConfig | None = None,
-                       memory: MemoryBudget | None = None) -> "Predictor":
+                       memory: MemoryBudget | None = None, precision: str = "auto") -> "Predictor":
         """Load `model_dir/{3d_coarse,3d_fine}/fold_K/checkpoint_final.pt` for the chosen folds
-        (default: every fold trained for both stages) and `model_dir/postprocessing.json`."""
+        (default: every fold trained for both stages) and `model_dir/postprocessing.json`; `precision` of
+        the passes: `kitsseg.device.autocast_dtype`."""
         from kitsseg.device import resolve_device
-        from kitsseg.inference.torch_engine import load_model_dir, trained_folds
+        from kitsseg.inference.torch_engine import TorchEngine, load_model_dir, trained_folds
 
         model_dir, torch_device = Path(model_dir), resolve_device(device)
         folds = trained_folds(model_dir) if folds is None else folds
         plans, models, checkpoints = load_model_dir(model_dir, folds, torch_device)
         if postprocess is None:
             postprocess = PostprocessConfig.load(model_dir / "postprocessing.json")
-        predictor = cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory)
+        predictor = cls(plans, models[COARSE], models[FINE], torch_device, tta, postprocess, memory,
+                        TorchEngine(torch_device, precision))
         predictor.folds, predictor.checkpoints = list(folds), checkpoints
         return predictor
 

@@ -168,7 +168,8 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir)  # a killed run's partial files are never taken as outputs
-    write_run_record(out_dir, predictor.plans, predictor.folds, predictor.checkpoints, arguments or {})
+    write_run_record(out_dir, predictor.plans, predictor.folds, predictor.checkpoints,
+                     {**(arguments or {}), "precision_used": predictor.engine.precision})
     summary, classes = out_dir / "summary.csv", predictor.plans.classes
     previous = _previous_rows(summary)
     rows, failed, profiles = [], 0, {}

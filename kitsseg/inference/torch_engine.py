@@ -1,8 +1,9 @@
 """The PyTorch engine: trained VB-Nets from checkpoints, run on a CPU or a CUDA device.
 
 `TorchEngine.ensemble` wraps torch models as the numpy function the cascade calls
-(`kitsseg.inference.engine`); on CUDA it runs them in float16 autocast. Batch norms are
-folded into the convolutions at load (`fold_batch_norms`).
+(`kitsseg.inference.engine`) in channels_last_3d, with mixed precision where the device runs it
+natively (`kitsseg.device.autocast_dtype`: float16 on CUDA, bfloat16 on CPUs with AMX or
+AVX512-BF16). Batch norms are folded into the convolutions at load (`fold_batch_norms`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from kitsseg.checkpoint import network_from_checkpoint
+from kitsseg.device import autocast_dtype, precision_name
 from kitsseg.errors import KitssegError
 from kitsseg.inference.engine import ArrayFn, mirrorings
 from kitsseg.planning import COARSE, FINE, Plans
@@ -37,14 +39,9 @@ def fold_batch_norms(network: nn.Module) -> nn.Module:
     return network
 
 
-def as_array_fn(model, device: str | torch.device = "cpu") -> ArrayFn:
-    """A torch model as a numpy function (no gradients), e.g. for `predict_volume` in validation."""
-    device = torch.device(device)
-
-    @torch.no_grad()
-    def run(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-    return run
+def for_inference(network: nn.Module) -> nn.Module:
+    """An eval-mode network with folded batch norms in channels_last_3d, the layout of the engine's passes."""
+    return fold_batch_norms(network).to(memory_format=torch.channels_last_3d)
 
 
 class TorchEngine:
@@ -52,19 +49,21 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", precision: str = "auto"):
         self.device = torch.device(device)
+        self.autocast = autocast_dtype(self.device, precision)
+        self.precision = precision_name(self.autocast)
 
     def free_device_bytes(self) -> int | None:
         return torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
 
     def ensemble(self, models: Sequence, tta: bool) -> ArrayFn:
-        flips, use_amp = mirrorings(tta), self.device.type == "cuda"
+        flips, dtype = mirrorings(tta), self.autocast
 
         @torch.no_grad()
         def run(batch: np.ndarray) -> np.ndarray:
-            x, total = torch.from_numpy(batch).to(self.device), 0
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+            x, total = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last_3d), 0
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 for model in models:
                     for axes in flips:
                         probabilities = torch.softmax(model(torch.flip(x, axes) if axes else x).float(), 1)
@@ -93,7 +92,7 @@ def load_model_dir(model_dir: Path, folds: Sequence[str], device: torch.device
             if plans is not None and fold_plans.intensity != plans.intensity:
                 raise KitssegError(f"{model_dir}: fold {fold} of {stage} was trained with other plans")
             plans = fold_plans
-            models[stage].append(fold_batch_norms(network))
+            models[stage].append(for_inference(network))
     return plans, models, checkpoints
 
 
@@ -112,4 +111,4 @@ def network_from_weights(weights: bytes, plans: Plans, stage: str, device: torch
     if problem:
         raise KitssegError(f"{source}: weights do not fit this kitsseg's {stage} network ({problem})")
     network.load_state_dict(state_dict)
-    return fold_batch_norms(network.to(device).eval())
+    return for_inference(network.to(device).eval())

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kitsseg.inference.sliding_window import predict_volume, tile_for
-from kitsseg.inference.torch_engine import as_array_fn
+from kitsseg.inference.torch_engine import TorchEngine
 from kitsseg.planning import StagePlan
 from kitsseg.training.sampling import CachedVolume
 
@@ -25,12 +25,13 @@ def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 @torch.no_grad()
 def validate_stage(network: nn.Module, stage: StagePlan, volumes: list[CachedVolume],
-                   device: torch.device, padding_value: float, quiet: bool = False) -> dict:
+                   device: torch.device, padding_value: float, precision: str = "auto", quiet: bool = False) -> dict:
+    """Dice per case and its mean, the passes run as `kits_predict` runs them (`TorchEngine`)."""
     network.eval()
-    rows = []
+    run, rows = TorchEngine(device, precision).ensemble([network], tta=False), []
     for volume in tqdm(volumes, desc="validation", disable=quiet, leave=False):
         image = volume.image[volume.voi].astype(np.float32)  # fine: the VOI, not the cached context around it
-        probabilities = predict_volume(as_array_fn(network, device), image, stage.num_classes, stage.network.stride,
+        probabilities = predict_volume(run, image, stage.num_classes, stage.network.stride,
                                        tile_for(image.shape, stage.patch_size), pad_value=padding_value)
         predicted = probabilities.argmax(0)
         label = volume.label[volume.voi]
