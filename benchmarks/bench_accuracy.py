@@ -135,8 +135,8 @@ def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
     trained = 0.0
     for stage in ("3d_coarse", "3d_fine"):
         shutil.rmtree(root / "results" / "KiTS19" / stage / "fold_all", ignore_errors=True)
-        trained += run(["kits_train", stage, "all", *common, "--device", args.device, *recipe_flags(args, stage),
-                        "--quiet"], workdir / f"{args.name}_train_{stage}.log")
+        trained += run(["kits_train", stage, "all", *common, "--device", args.device, "--seed", args.seed,
+                        *recipe_flags(args, stage), "--quiet"], workdir / f"{args.name}_train_{stage}.log")
     pred = workdir / "predictions" / args.name
     shutil.rmtree(pred, ignore_errors=True)
     seconds = run(["kits_predict", "-i", workdir / "test" / "images", "-o", pred, *common, "-f", "all",
@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--loss", help=f"kitsseg: training loss {recipe}")
     parser.add_argument("--lesion-fraction", type=float, help=f"kitsseg: crops centred on lesions {recipe}")
     parser.add_argument("--augment", dest="augment_strength", type=float, help=f"kitsseg: augmentation strength {recipe}")
+    parser.add_argument("--seed", type=int, default=0, help="kitsseg: kits_train's random seed (default: 0), "
+                        "to repeat a run")
     parser.add_argument("--name", default="kitsseg", help="kitsseg: row name, to keep recipe variants apart")
     parser.add_argument("--iters-per-epoch", type=int, help="kitsseg: iterations per epoch (each ends with a "
                         f"validation pass and a checkpoint) {recipe}")
