@@ -7,6 +7,11 @@ held-out TEST_CASES and scores them with kits_evaluate (KiTS19 and KiTS23 metric
 
     python benchmarks/bench_accuracy.py --workdir bench_work/accuracy --budget-min 45 --device cpu
 
+`--dataset kits23` is the split with the cyst class, as the paper trained it: the 40 KiTS23 label
+maps with cysts in ../shared/data/kits23-cysts, rendered the same way, the first 30 (by id) for
+training and the last 10 for testing (validation: the first 24 and the next 6); its rows add the
+Dice of the cyst label (3) beside the official KiTS23 regions.
+
 Recipe tuning uses `--split validation` instead: it trains on the first 24 TRAIN_CASES and
 scores the other 6 (VALIDATION_CASES), never touching TEST_CASES; `--name` keeps each kitsseg
 variant as its own row (benchmarks/tune_recipe.py runs the variants).
@@ -42,8 +47,12 @@ TEST_CASES = ["case_00056", "case_00057", "case_00058", "case_00061", "case_0006
               "case_00069", "case_00070", "case_00074"]
 VALIDATION_CASES = TRAIN_CASES[24:]  # recipe tuning: fit on TRAIN_CASES[:24], score these
 SPLITS = {"test": (TRAIN_CASES, TEST_CASES), "validation": (TRAIN_CASES[:24], VALIDATION_CASES)}
+KITS23_CASES = sorted(p.name for p in (SHARED / "data" / "kits23-cysts").glob("case_*"))
+KITS23_SPLITS = {"test": (KITS23_CASES[:30], KITS23_CASES[30:]), "validation": (KITS23_CASES[:24], KITS23_CASES[24:30])}
+# --dataset: (kitsseg dataset name, label maps to render, nnU-Net dataset id and name, splits)
+DATASETS = {"kits19": ("KiTS19", SHARED / "data" / "kits19", 502, "Dataset502_KiTS19Rendered", SPLITS),
+            "kits23": ("KiTS23", SHARED / "data" / "kits23-cysts", 503, "Dataset503_KiTS23Rendered", KITS23_SPLITS)}
 METHODS = ("kitsseg", "nnunet_3d_fullres", "nnunet_3d_lowres")
-NNUNET_ID, NNUNET_NAME = 502, "Dataset502_KiTS19Rendered"
 TRAINER = "nnUNetTrainer_TimeBudget"
 
 
@@ -57,33 +66,35 @@ def run(command: list, log: Path, env: dict | None = None) -> float:
     return time.perf_counter() - start
 
 
-def render(workdir: Path, cases: list[str], workers: int) -> Path:
-    """Render the missing cases, `workers` render processes at a time; return the folder."""
+def render(workdir: Path, cases: list[str], workers: int, labels_root: Path) -> Path:
+    """Render the missing cases of `labels_root`, `workers` render processes at a time; return the folder."""
     rendered = workdir / "rendered"
     missing = [c for c in cases if not (rendered / c / "imaging.nii.gz").exists()]
     groups = [missing[k::workers] for k in range(workers) if missing[k::workers]]
-    processes = [subprocess.Popen([sys.executable, RENDER_SCRIPT, SHARED / "data" / "kits19", rendered,
+    processes = [subprocess.Popen([sys.executable, RENDER_SCRIPT, labels_root, rendered,
                                    "--cases", *group], stdout=subprocess.DEVNULL) for group in groups]
     if any(p.wait() for p in processes):
         raise SystemExit("rendering failed")
     return rendered
 
 
-def prepare(workdir: Path, workers: int, split: str, test_cases: list[str]) -> None:
+def prepare(workdir: Path, workers: int, dataset: str, split: str, test_cases: list[str]) -> None:
     """Rendered cases -> a kitsseg/nnU-Net raw dataset of the training cases, and the test folders."""
     marker = workdir / "split.txt"  # a workdir holds one split: its dataset and test folder depend on it
-    if marker.exists() and marker.read_text().strip() != split:
+    held = f"{split}\n" if dataset == "kits19" else f"{dataset} {split}\n"  # KiTS19 workdirs predate --dataset
+    if marker.exists() and marker.read_text() != held:
         raise SystemExit(f"{workdir} holds the {marker.read_text().strip()!r} split; use another --workdir")
-    train_cases = SPLITS[split][0]
-    rendered = render(workdir, train_cases + test_cases, workers)
-    raw = workdir / "kitsseg_data" / "raw" / "KiTS19"
+    name, labels_root, _, _, splits = DATASETS[dataset]
+    train_cases = splits[split][0]
+    rendered = render(workdir, train_cases + test_cases, workers, labels_root)
+    raw = workdir / "kitsseg_data" / "raw" / name
     if not (raw / "dataset.json").exists():
         source = workdir / "train_source"
         source.mkdir(exist_ok=True)
         for case in train_cases:
             if not (source / case).exists():
                 (source / case).symlink_to((rendered / case).resolve())
-        run(["kits_convert", "kits", source, "--data-root", workdir / "kitsseg_data", "--quiet"],
+        run(["kits_convert", "kits", source, "--data-root", workdir / "kitsseg_data", "-d", name, "--quiet"],
             workdir / "convert.log")
     for folder in ("images", "labels"):
         (workdir / "test" / folder).mkdir(parents=True, exist_ok=True)
@@ -93,14 +104,31 @@ def prepare(workdir: Path, workers: int, split: str, test_cases: list[str]) -> N
         for link, target in links.items():
             if not link.exists():
                 link.symlink_to(target.resolve())
-    marker.write_text(split + "\n")
+    marker.write_text(held)
 
 
-def evaluate(workdir: Path, method: str) -> dict:
-    pred = workdir / "predictions" / method
-    run(["kits_evaluate", "-r", workdir / "test" / "labels", "-p", pred, "-o", workdir / "scores" / method,
-         "--quiet"], workdir / f"evaluate_{method}.log")
-    return json.loads((workdir / "scores" / method / "summary.json").read_text())["mean"]
+def evaluate(workdir: Path, method: str, dataset: str) -> dict:
+    """kits_evaluate's means; KiTS23 also the cyst label's Dice, added to per_case.csv as `cyst_dice`."""
+    pred, scores = workdir / "predictions" / method, workdir / "scores" / method
+    run(["kits_evaluate", "-r", workdir / "test" / "labels", "-p", pred, "-o", scores, "--quiet"],
+        workdir / f"evaluate_{method}.log")
+    mean = json.loads((scores / "summary.json").read_text())["mean"]
+    if dataset == "kits23":
+        import pandas as pd
+
+        table = pd.read_csv(scores / "per_case.csv")
+        table["cyst_dice"] = [cyst_dice(workdir / "test" / "labels" / f"{c}.nii.gz", pred / f"{c}.nii.gz")
+                              for c in table["case"]]
+        table.to_csv(scores / "per_case.csv", index=False)
+        mean["cyst_dice"] = float(table["cyst_dice"].mean())
+    return mean
+
+
+def cyst_dice(reference: Path, prediction: Path) -> float:
+    """Dice of label 3 (cyst); 1 when neither map has one."""
+    from kitsseg.evaluation import dice, load_label_map
+
+    return dice(load_label_map(prediction)[0] == 3, load_label_map(reference)[0] == 3)
 
 
 RECIPE_FLAGS = {"lr": "--lr", "loss": "--loss", "lesion_fraction": "--lesion-fraction",
@@ -122,19 +150,20 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
 def used_recipe(root: Path, args: argparse.Namespace) -> dict:
     """The recipe each stage was trained with, as its train_config.json recorded it."""
     return {"recipe": {"preset": Path(args.preset).name, **{
-        stage: {k: v for k, v in json.loads((root / "results" / "KiTS19" / stage / "fold_all" / "train_config.json")
+        stage: {k: v for k, v in json.loads((root / "results" / DATASETS[args.dataset][0] / stage / "fold_all" /
+                                             "train_config.json")
                                             .read_text()).items() if k not in ("stage", "fold", "device")}
         for stage in ("3d_coarse", "3d_fine")}}}
 
 
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
     root = workdir / "kitsseg_data"
-    common = ["--data-root", root, "-d", "KiTS19"]
+    common = ["--data-root", root, "-d", DATASETS[args.dataset][0]]
     run(["kits_plan_and_preprocess", *common, "--preset", args.preset, "-np", args.workers, "--quiet"],
         workdir / "kitsseg_preprocess.log")
     trained = 0.0
     for stage in ("3d_coarse", "3d_fine"):
-        shutil.rmtree(root / "results" / "KiTS19" / stage / "fold_all", ignore_errors=True)
+        shutil.rmtree(root / "results" / DATASETS[args.dataset][0] / stage / "fold_all", ignore_errors=True)
         trained += run(["kits_train", stage, "all", *common, "--device", args.device, "--seed", args.seed,
                         *recipe_flags(args, stage), "--quiet"], workdir / f"{args.name}_train_{stage}.log")
     pred = workdir / "predictions" / args.name
@@ -153,21 +182,22 @@ def _install_trainer() -> None:
 
 def nnunet(workdir: Path, args: argparse.Namespace, configuration: str) -> dict:
     base = workdir / "nnunet"
+    name, _, nnunet_id, nnunet_name, _ = DATASETS[args.dataset]
     env = {**os.environ, "nnUNet_raw": str(base / "raw"), "nnUNet_preprocessed": str(base / "preprocessed"),
            "nnUNet_results": str(base / "results"), "nnUNet_compile": "false",
            "nnUNet_n_proc_DA": str(args.workers), "KITSSEG_BENCH_BUDGET_MIN": str(args.budget_min)}
-    raw = base / "raw" / NNUNET_NAME
+    raw = base / "raw" / nnunet_name
     if not raw.exists():
         raw.parent.mkdir(parents=True, exist_ok=True)
-        raw.symlink_to((workdir / "kitsseg_data" / "raw" / "KiTS19").resolve())  # the same format
-    plans = base / "preprocessed" / NNUNET_NAME / "nnUNetPlans.json"
-    if not (base / "preprocessed" / NNUNET_NAME / f"nnUNetPlans_{configuration}").exists():
-        run(["nnUNetv2_plan_and_preprocess", "-d", NNUNET_ID, "-c", configuration, "-np", args.workers,
+        raw.symlink_to((workdir / "kitsseg_data" / "raw" / name).resolve())  # the same format
+    plans = base / "preprocessed" / nnunet_name / "nnUNetPlans.json"
+    if not (base / "preprocessed" / nnunet_name / f"nnUNetPlans_{configuration}").exists():
+        run(["nnUNetv2_plan_and_preprocess", "-d", nnunet_id, "-c", configuration, "-np", args.workers,
              "-npfp", args.workers], workdir / f"nnunet_preprocess_{configuration}.log", env)
     if configuration not in json.loads(plans.read_text())["configurations"]:
         return {"note": f"nnU-Net planned no {configuration} for this dataset"}
     _install_trainer()
-    trained_dir = base / "results" / NNUNET_NAME / f"{TRAINER}__nnUNetPlans__{configuration}"
+    trained_dir = base / "results" / nnunet_name / f"{TRAINER}__nnUNetPlans__{configuration}"
     record = workdir / f"nnunet_train_{configuration}.json"  # written once the training has finished
     pred = workdir / "predictions" / f"nnunet_{configuration}"
     if args.resume and record.exists() and (trained_dir / "fold_all" / "checkpoint_final.pth").exists():
@@ -176,12 +206,12 @@ def nnunet(workdir: Path, args: argparse.Namespace, configuration: str) -> dict:
     else:
         shutil.rmtree(trained_dir, ignore_errors=True)
         shutil.rmtree(pred, ignore_errors=True)
-        trained = run(["nnUNetv2_train", NNUNET_ID, configuration, "all", "-tr", TRAINER, "-device", args.device],
+        trained = run(["nnUNetv2_train", nnunet_id, configuration, "all", "-tr", TRAINER, "-device", args.device],
                       workdir / f"nnunet_train_{configuration}.log", env)
         record.write_text(json.dumps({"train_s": trained}))
     images = len(list((workdir / "test" / "images").glob("*.nii.gz")))
     done = len(list(pred.glob("*.nii.gz"))) if pred.exists() else 0
-    seconds = run(["nnUNetv2_predict", "-i", workdir / "test" / "images", "-o", pred, "-d", NNUNET_ID,
+    seconds = run(["nnUNetv2_predict", "-i", workdir / "test" / "images", "-o", pred, "-d", nnunet_id,
                    "-c", configuration, "-f", "all", "-tr", TRAINER, "--disable_tta", "-device", args.device,
                    "-step_size", args.nnunet_step_size, "-npp", 1, "-nps", 1, "--continue_prediction"],
                   workdir / f"nnunet_predict_{configuration}.log", env)
@@ -206,6 +236,9 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=45.0, help="training minutes per method (default: 45)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--dataset", choices=DATASETS, default="kits19",
+                        help="kits19 (default): 30 + 10 rendered KiTS19 cases; kits23: 30 + 10 rendered KiTS23 "
+                             "cases with cysts (the cyst class trained and scored)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="test: train on the 30 TRAIN_CASES, "
                         "score TEST_CASES; validation (recipe tuning): train on 24 of them, score the other 6")
     parser.add_argument("--test-cases", type=int, default=len(TEST_CASES),
@@ -232,23 +265,25 @@ def main() -> None:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "predictions").mkdir(exist_ok=True)
-    train_cases, test_cases = SPLITS[args.split][0], SPLITS[args.split][1][: args.test_cases]
-    prepare(workdir, args.workers, args.split, test_cases)
+    splits = DATASETS[args.dataset][4]
+    train_cases, test_cases = splits[args.split][0], splits[args.split][1][: args.test_cases]
+    prepare(workdir, args.workers, args.dataset, args.split, test_cases)
     names = [args.name if m == "kitsseg" else m for m in args.methods]
     results = workdir / "results.json"  # rows of earlier runs in this workdir are kept unless re-run
     rows = [r for r in (json.loads(results.read_text()) if results.exists() else []) if r["method"] not in names]
     for method, name in zip(args.methods, names):
         times = kitsseg(workdir, args) if method == "kitsseg" else nnunet(workdir, args, method[len("nnunet_"):])
-        scores = evaluate(workdir, name) if "note" not in times else {}
-        rows.append({"method": name, "budget_min": args.budget_min, "device": args.device,
+        scores = evaluate(workdir, name, args.dataset) if "note" not in times else {}
+        rows.append({"method": name, "dataset": args.dataset, "budget_min": args.budget_min, "device": args.device,
                      "test_cases": len(test_cases), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "commit": git_commit(), "machine": machine_description(), **times, **scores})
         results.write_text(json.dumps(rows, indent=2))
     print(f"machine: {machine_description()}; {args.split} split: {len(train_cases)} training cases, "
-          f"{len(test_cases)} held-out cases as listed (rendered images: synthetic intensities on real KiTS19 "
-          f"geometry, not KiTS19 results)")
-    header = ("method", "budget min", "device", "test cases", "kidney Dice", "tumour Dice", "KiTS19 composite",
-              "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s", "date, commit")
+          f"{len(test_cases)} held-out cases as listed (rendered images: synthetic intensities on real "
+          f"{DATASETS[args.dataset][0]} geometry, not {DATASETS[args.dataset][0]} results)")
+    header = ("method", "budget min", "device", "test cases", "kidney Dice", "masses Dice", "tumour Dice", "cyst Dice",
+              "KiTS19 composite", "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s",
+              "date, commit")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         stamp = f"{row.get('date', 'before stamps')}, {row.get('commit', '?')}"
@@ -256,10 +291,11 @@ def main() -> None:
         if "note" in row:
             print(f"{start} {row['note']} | {stamp} |")
             continue
+        dice = " | ".join(f"{row[k]:.3f}" if k in row else "–" for k in ("kidney_dice", "masses_dice", "tumor_dice",
+                                                                          "cyst_dice"))
         sd = "/".join(f"{row[f'{r}_sd']:.3f}" for r in ("kidney", "masses", "tumor"))
-        print(f"{start} {row['kidney_dice']:.3f} | {row['tumor_dice']:.3f} | {row['composite_kits19']:.3f} | {sd} | "
+        print(f"{start} {dice} | {row['composite_kits19']:.3f} | {sd} | "
               f"{row['predict_s'] / row.get('predicted_cases', row['test_cases']):.1f} | {row['train_s']:.0f} | {stamp} |")
-
 
 if __name__ == "__main__":
     main()
