@@ -14,13 +14,13 @@ runs the README's commands with the README's flags (KITSSEG_DATA set, as the REA
     kits_predict -i RAW/imagesTs -o predictions -d KiTS19
     kits_evaluate -r LABELS -p predictions  (the test cases' own label maps, kept aside)
 
-Each step: wall time, peak RSS summed over the process tree, disk written under KITSSEG_DATA.
+Each step: wall time, peak PSS (and RSS) summed over the process tree, disk written under KITSSEG_DATA.
 Training speed per stage (benchmarks/bench_train.py on the preprocessed cases, the plans' batch
 sizes and loader workers): the step rate, the loader's batch rate, and the README loop's
 projected time (5 folds x planned iterations / step rate). Prints a Markdown report.
 
     python benchmarks/bench_scale.py [--workdir bench_work] [--cases 100] [--test-cases 5]
-                                     [--iterations 5] [--seconds 60]
+                                     [--iterations 5] [--seconds 60] [--after-training]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import disk_bytes, git_commit, machine_description, rendered_kits_source, run_measured  # noqa: E402
+from measure import disk_bytes, git_commit, machine_description, rendered_kits_source, run_measured_tree  # noqa: E402
 
 HERE = Path(__file__).resolve()
 LARGEST_SCANS = ["case_00059", "case_00093", "case_00005", "case_00156", "case_00151"]  # by voxel count
@@ -62,11 +62,14 @@ def official_layout(rendered: Path, target: Path, labelled: list[str], test: lis
 
 def run_step(name: str, command: list[str], env: dict, data_root: Path, logs: Path) -> dict:
     before = disk_bytes(data_root) if data_root.exists() else 0
-    seconds, rss, code = run_measured(command, env=env, log=logs / f"{name}.log")
+    measured = run_measured_tree(command, env=env, log=logs / f"{name}.log")
     after = disk_bytes(data_root) if data_root.exists() else 0
-    row = {"step": name, "command": " ".join(command), "seconds": seconds, "peak_rss_gb": rss / 1e9,
+    code = measured.exit_code
+    row = {"step": name, "command": " ".join(command), "seconds": measured.seconds,
+           "peak_pss_gb": measured.peak_pss_bytes / 1e9, "peak_rss_gb": measured.peak_rss_bytes / 1e9,
            "disk_mb": (after - before) / 1e6, "exit": code}
-    print(f"  {name}: {seconds:.0f} s, peak {rss / 1e9:.2f} GB, disk {row['disk_mb']:.0f} MB, exit {code}", flush=True)
+    print(f"  {name}: {row['seconds']:.0f} s, peak PSS {row['peak_pss_gb']:.2f} GB (RSS {row['peak_rss_gb']:.2f}), "
+          f"disk {row['disk_mb']:.0f} MB, exit {code}", flush=True)
     if code:
         raise SystemExit(f"{name} failed (exit {code}), see {logs / (name + '.log')}")
     return row
@@ -88,14 +91,33 @@ def planned_iterations(data_root: Path) -> dict[str, int]:
             for name, stage in plans["stages"].items()}
 
 
+def inference_steps(workdir: Path, rendered: Path, test: list[str], env: dict, data_root: Path, logs: Path) -> list:
+    """kits_crossval on fold 0, kits_predict on the test images, kits_evaluate against their kept-aside labels."""
+    rows = [run_step("crossval fold 0", ["kits_crossval", "-d", "KiTS19", "-f", "0"], env, data_root, logs)]
+    predictions = workdir / "scale" / "predictions"
+    shutil.rmtree(predictions, ignore_errors=True)
+    rows.append(run_step("predict test images", ["kits_predict", "-i", str(data_root / "raw" / "KiTS19" / "imagesTs"),
+                                                 "-o", str(predictions), "-d", "KiTS19"], env, data_root, logs))
+    labels = workdir / "scale" / "test_labels"
+    labels.mkdir(exist_ok=True)
+    for case in test:
+        if not (labels / f"{case}.nii.gz").exists():
+            (labels / f"{case}.nii.gz").symlink_to((rendered / case / "segmentation.nii.gz").resolve())
+    rows.append(run_step("evaluate test images", ["kits_evaluate", "-r", str(labels), "-p", str(predictions)], env,
+                         data_root, logs))
+    return rows
+
+
 def report(rows: list[dict], speed: list[dict], iterations: dict[str, int], num_cases: int, num_test: int) -> str:
     lines = [f"Scale rehearsal on {machine_description()}, commit {git_commit()}: {num_cases} labelled + "
              f"{num_test} test cases rendered from KiTS19 label maps (synthetic intensities).", "",
-             "| step | wall s | peak RSS GB (process tree) | disk written MB | command |", "|---|---|---|---|---|"]
+             "| step | wall s | peak PSS GB (RSS), process tree | disk written MB | command |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['disk_mb']:.0f} | "
-                     f"`{r['command']}` |")
-    pre = next(r for r in rows if r["step"] == "plan_and_preprocess")
+        lines.append(f"| {r['step']} | {r['seconds']:.0f} | {r['peak_pss_gb']:.2f} ({r['peak_rss_gb']:.2f}) | "
+                     f"{r['disk_mb']:.0f} | `{r['command']}` |")
+    pre = next((r for r in rows if r["step"] == "plan_and_preprocess"), None)
+    if pre is None:
+        return "\n".join(lines)
     lines += ["", f"Plan + preprocess: {pre['seconds'] / (num_cases + num_test):.1f} s per case, "
               f"{pre['disk_mb'] / num_cases:.1f} MB per labelled case (nnU-Net v2: about "
               f"{NNUNET_DISK_MB_PER_CASE} MB per case, about 47 s per case on the reference machine).", "",
@@ -117,38 +139,33 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="training iterations per stage for fold 0")
     parser.add_argument("--seconds", type=float, default=60.0, help="measuring time per training rate")
     parser.add_argument("--skip-training", action="store_true", help="stop after plan and preprocess")
+    parser.add_argument("--after-training", action="store_true",
+                        help="reuse WORKDIR/scale's data and fold-0 models of an earlier run: only kits_crossval, "
+                             "kits_predict and kits_evaluate")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     labelled, test = case_lists(args.cases, args.test_cases)
     rendered, _ = rendered_kits_source(workdir, "scale_rendered", labelled + test)
     source, data_root, logs = workdir / "scale" / "kits19" / "data", workdir / "scale" / "kitsseg_data", workdir / "scale" / "logs"
-    shutil.rmtree(data_root, ignore_errors=True)
-    official_layout(rendered, source, labelled, test)
-    logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KITSSEG_DATA": str(data_root)}
-    print(f"{len(labelled)} labelled + {len(test)} test cases; data in {data_root}", flush=True)
-    rows = [run_step("convert", ["kits_convert", "kits", str(source), "-d", "KiTS19"], env, data_root, logs),
-            run_step("plan_and_preprocess", ["kits_plan_and_preprocess", "-d", "KiTS19", "-np", "2"], env, data_root,
-                     logs)]
-    speed, iterations = [], planned_iterations(data_root)
-    if not args.skip_training:
+    logs.mkdir(parents=True, exist_ok=True)
+    rows, speed, iterations = [], [], {}
+    if not args.after_training:
+        shutil.rmtree(data_root, ignore_errors=True)
+        official_layout(rendered, source, labelled, test)
+        print(f"{len(labelled)} labelled + {len(test)} test cases; data in {data_root}", flush=True)
+        rows = [run_step("convert", ["kits_convert", "kits", str(source), "-d", "KiTS19"], env, data_root, logs),
+                run_step("plan_and_preprocess", ["kits_plan_and_preprocess", "-d", "KiTS19", "-np", "2"], env,
+                         data_root, logs)]
+        iterations = planned_iterations(data_root)
+    if not args.after_training and not args.skip_training:
         speed = training_speed(env, data_root, args.seconds, logs)
         fixed = ["--epochs", "1", "--iters-per-epoch", str(args.iterations), "--val-iters", "1"]
         for stage in ("3d_coarse", "3d_fine"):
             rows.append(run_step(f"train {stage} fold 0", ["kits_train", stage, "0", "-d", "KiTS19", *fixed], env,
                                  data_root, logs))
-        rows.append(run_step("crossval fold 0", ["kits_crossval", "-d", "KiTS19", "-f", "0"], env, data_root, logs))
-        predictions = workdir / "scale" / "predictions"
-        shutil.rmtree(predictions, ignore_errors=True)
-        rows.append(run_step("predict test images", ["kits_predict", "-i", str(data_root / "raw" / "KiTS19" / "imagesTs"),
-                                                     "-o", str(predictions), "-d", "KiTS19"], env, data_root, logs))
-        labels = workdir / "scale" / "test_labels"
-        labels.mkdir(exist_ok=True)
-        for case in test:
-            if not (labels / f"{case}.nii.gz").exists():
-                (labels / f"{case}.nii.gz").symlink_to((rendered / case / "segmentation.nii.gz").resolve())
-        rows.append(run_step("evaluate test images", ["kits_evaluate", "-r", str(labels), "-p", str(predictions)], env,
-                             data_root, logs))
+    if args.after_training or not args.skip_training:
+        rows += inference_steps(workdir, rendered, test, env, data_root, logs)
     text = report(rows, speed, iterations, len(labelled), len(test))
     (workdir / "scale" / "report.md").write_text(text + "\n")
     print(text)
