@@ -43,6 +43,9 @@ from kitsseg.resampling import resample, shape_at_spacing
 PredictFn = Callable  # a model as its engine runs it (PyTorch: a (1, 1, z, y, x) tensor to logits)
 # the second try when no kidney is found: voxels whose kidney-region probability exceeds this (not 0.5)
 LOWERED_COARSE_THRESHOLD = 0.2
+# a coarse kidney-region mask larger than this is not kidneys (the largest kidneys + masses of 102 KiTS19
+# cases, bench_scale.py's fingerprint: 1.78 L)
+MAX_KIDNEY_REGION_ML = 8000.0
 
 
 @dataclass
@@ -194,11 +197,16 @@ class Predictor:
     # ---- cascade ------------------------------------------------------------------------------
     def _kidney_vois(self, coarse: np.ndarray, midline_x: float, shape, spacing_mm) -> tuple[list, np.ndarray, float]:
         """VOIs of the voxels whose kidney-region probability (1 - background's) exceeds 0.5, else
-        `LOWERED_COARSE_THRESHOLD`: (boxes, the coarse kidney mask, the threshold that found them)."""
+        `LOWERED_COARSE_THRESHOLD`: (boxes, the coarse kidney mask, the threshold that found them). A mask
+        over `MAX_KIDNEY_REGION_ML` is no kidney (an untrained or misled coarse net marking the body):
+        no VOI, rather than fine passes over the whole scan."""
         margin_mm = self.plans.stage(FINE).voi_margin_mm
         coarse_spacing = np.asarray(shape) * np.asarray(spacing_mm) / np.asarray(coarse.shape[1:])
+        voxel_ml = float(np.prod(coarse_spacing)) / 1000.0
         for threshold in (0.5, LOWERED_COARSE_THRESHOLD):
             mask = coarse[0] < 1 - threshold
+            if mask.sum() * voxel_ml > MAX_KIDNEY_REGION_ML:
+                return [], mask, threshold
             vois = find_vois(mask, coarse_spacing, shape, spacing_mm, margin_mm, midline_x)
             if vois:
                 break

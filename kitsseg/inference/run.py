@@ -19,7 +19,7 @@ from tqdm import tqdm
 from kitsseg.atomic import atomic_path, remove_leftovers, write_json
 from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import save_probabilities as save_probabilities_npz
-from kitsseg.inference.predictor import LOWERED_COARSE_THRESHOLD, CascadeResult, Predictor
+from kitsseg.inference.predictor import LOWERED_COARSE_THRESHOLD, MAX_KIDNEY_REGION_ML, CascadeResult, Predictor
 from kitsseg.dicom_seg import SUFFIX as DICOM_SEG_SUFFIX, write_dicom_seg
 from kitsseg.io import (IMAGE_SUFFIXES, OBLIQUE_LIMIT_DEG, axis_aligned_grid, case_id_of, is_oblique, labels_onto,
                         load_volume, read_header, save_label_map)
@@ -109,8 +109,9 @@ def predict_case(predictor: Predictor, source: Path, target: Path, save_probabil
 def case_status(result: CascadeResult, source: Path) -> str:
     """summary.csv's status of a predicted case; a case without a kidney also gets one warning line."""
     if not result.kidneys_found:
-        print(f"warning: {source}: no kidney found (kidney probability under {LOWERED_COARSE_THRESHOLD:g} "
-              "everywhere at the coarse stage); its label map is all background", file=sys.stderr)
+        print(f"warning: {source}: no kidney found (at the coarse stage, kidney probability under "
+              f"{LOWERED_COARSE_THRESHOLD:g} everywhere, or a region over {MAX_KIDNEY_REGION_ML:g} ml, which is no "
+              "kidney); its label map is all background", file=sys.stderr)
         return NO_KIDNEY_FOUND
     if result.coarse_threshold < 0.5:
         return f"ok: kidney found at the lowered coarse threshold {result.coarse_threshold:g}"
