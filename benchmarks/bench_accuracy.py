@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import RENDER_SCRIPT, SHARED, git_commit, machine_description  # noqa: E402
@@ -49,9 +50,20 @@ VALIDATION_CASES = TRAIN_CASES[24:]  # recipe tuning: fit on TRAIN_CASES[:24], s
 SPLITS = {"test": (TRAIN_CASES, TEST_CASES), "validation": (TRAIN_CASES[:24], VALIDATION_CASES)}
 KITS23_CASES = sorted(p.name for p in (SHARED / "data" / "kits23-cysts").glob("case_*"))
 KITS23_SPLITS = {"test": (KITS23_CASES[:30], KITS23_CASES[30:]), "validation": (KITS23_CASES[:24], KITS23_CASES[24:30])}
-# --dataset: (kitsseg dataset name, label maps to render, nnU-Net dataset id and name, splits)
-DATASETS = {"kits19": ("KiTS19", SHARED / "data" / "kits19", 502, "Dataset502_KiTS19Rendered", SPLITS),
-            "kits23": ("KiTS23", SHARED / "data" / "kits23-cysts", 503, "Dataset503_KiTS23Rendered", KITS23_SPLITS)}
+
+
+class Dataset(NamedTuple):
+    """What --dataset chooses: the kitsseg dataset name, the label maps to render, nnU-Net's id and name, the splits."""
+    name: str
+    labels_root: Path
+    nnunet_id: int
+    nnunet_name: str
+    splits: dict
+
+
+DATASETS = {"kits19": Dataset("KiTS19", SHARED / "data" / "kits19", 502, "Dataset502_KiTS19Rendered", SPLITS),
+            "kits23": Dataset("KiTS23", SHARED / "data" / "kits23-cysts", 503, "Dataset503_KiTS23Rendered",
+                              KITS23_SPLITS)}
 METHODS = ("kitsseg", "nnunet_3d_fullres", "nnunet_3d_lowres")
 TRAINER = "nnUNetTrainer_TimeBudget"
 
@@ -84,9 +96,9 @@ def prepare(workdir: Path, workers: int, dataset: str, split: str, test_cases: l
     held = f"{split}\n" if dataset == "kits19" else f"{dataset} {split}\n"  # KiTS19 workdirs predate --dataset
     if marker.exists() and marker.read_text() != held:
         raise SystemExit(f"{workdir} holds the {marker.read_text().strip()!r} split; use another --workdir")
-    name, labels_root, _, _, splits = DATASETS[dataset]
-    train_cases = splits[split][0]
-    rendered = render(workdir, train_cases + test_cases, workers, labels_root)
+    name = DATASETS[dataset].name
+    train_cases = DATASETS[dataset].splits[split][0]
+    rendered = render(workdir, train_cases + test_cases, workers, DATASETS[dataset].labels_root)
     raw = workdir / "kitsseg_data" / "raw" / name
     if not (raw / "dataset.json").exists():
         source = workdir / "train_source"
@@ -150,7 +162,7 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
 def used_recipe(root: Path, args: argparse.Namespace) -> dict:
     """The recipe each stage was trained with, as its train_config.json recorded it."""
     return {"recipe": {"preset": Path(args.preset).name, **{
-        stage: {k: v for k, v in json.loads((root / "results" / DATASETS[args.dataset][0] / stage / "fold_all" /
+        stage: {k: v for k, v in json.loads((root / "results" / DATASETS[args.dataset].name / stage / "fold_all" /
                                              "train_config.json")
                                             .read_text()).items() if k not in ("stage", "fold", "device")}
         for stage in ("3d_coarse", "3d_fine")}}}
@@ -158,12 +170,12 @@ def used_recipe(root: Path, args: argparse.Namespace) -> dict:
 
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
     root = workdir / "kitsseg_data"
-    common = ["--data-root", root, "-d", DATASETS[args.dataset][0]]
+    common = ["--data-root", root, "-d", DATASETS[args.dataset].name]
     run(["kits_plan_and_preprocess", *common, "--preset", args.preset, "-np", args.workers, "--quiet"],
         workdir / "kitsseg_preprocess.log")
     trained = 0.0
     for stage in ("3d_coarse", "3d_fine"):
-        shutil.rmtree(root / "results" / DATASETS[args.dataset][0] / stage / "fold_all", ignore_errors=True)
+        shutil.rmtree(root / "results" / DATASETS[args.dataset].name / stage / "fold_all", ignore_errors=True)
         trained += run(["kits_train", stage, "all", *common, "--device", args.device, "--seed", args.seed,
                         *recipe_flags(args, stage), "--quiet"], workdir / f"{args.name}_train_{stage}.log")
     pred = workdir / "predictions" / args.name
@@ -265,7 +277,7 @@ def main() -> None:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "predictions").mkdir(exist_ok=True)
-    splits = DATASETS[args.dataset][4]
+    splits = DATASETS[args.dataset].splits
     train_cases, test_cases = splits[args.split][0], splits[args.split][1][: args.test_cases]
     prepare(workdir, args.workers, args.dataset, args.split, test_cases)
     names = [args.name if m == "kitsseg" else m for m in args.methods]
@@ -280,7 +292,7 @@ def main() -> None:
         results.write_text(json.dumps(rows, indent=2))
     print(f"machine: {machine_description()}; {args.split} split: {len(train_cases)} training cases, "
           f"{len(test_cases)} held-out cases as listed (rendered images: synthetic intensities on real "
-          f"{DATASETS[args.dataset][0]} geometry, not {DATASETS[args.dataset][0]} results)")
+          f"{DATASETS[args.dataset].name} geometry, not {DATASETS[args.dataset].name} results)")
     header = ("method", "budget min", "device", "test cases", "kidney Dice", "masses Dice", "tumour Dice", "cyst Dice",
               "KiTS19 composite", "surface Dice (kidney/masses/tumour)", "inference s/case", "train wall s",
               "date, commit")
@@ -296,6 +308,7 @@ def main() -> None:
         sd = "/".join(f"{row[f'{r}_sd']:.3f}" for r in ("kidney", "masses", "tumor"))
         print(f"{start} {dice} | {row['composite_kits19']:.3f} | {sd} | "
               f"{row['predict_s'] / row.get('predicted_cases', row['test_cases']):.1f} | {row['train_s']:.0f} | {stamp} |")
+
 
 if __name__ == "__main__":
     main()
