@@ -21,7 +21,7 @@ from kitsseg.fingerprint import Fingerprint
 from kitsseg.labels import ClassMap, class_map_from_labels
 
 PLANS_VERSION = 1
-PREPROCESSING_VERSION = 2  # raise when the same plans make other preprocessed arrays: caches are rebuilt
+PREPROCESSING_VERSION = 3  # raise when the same plans make other preprocessed arrays: caches are rebuilt
 COARSE, FINE = "3d_coarse", "3d_fine"
 STAGES = (COARSE, FINE)
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "plans" / "vbnet_paper.json"

@@ -4,6 +4,11 @@ array) that the earlier code produced on the same inputs (459250e; 75d7ff9's inf
 the same). case_00151 (1059 slices, too slow for a unit test) was checked once the same way:
 identical sha256 (61b303ac...), 233 s -> 28 s with the oracles, niced under load.
 
+Since #15 normalise() rounds resampled HU to whole HU (a smaller cache), so the fingerprints are those
+of 459250e's code with that one line added to its normalise(); without it, 459250e gives the earlier
+fingerprints (case_00004: 88ea45c5..., [16656809, 115665, 4742, 0]); rounding changes a label's
+voxel count by at most 12 of 16.8 M voxels there (case_00006: 59 of 41.2 M).
+
 The cascade of #16 (VOIs per side of the body, every fine component the coarse mask touches,
 the second coarse try) gives these same labels when the VOI is not grown (`inference_context_mm`
 0 and not grown to the network's stride, as the fingerprints' code did): checked below. As planned,
@@ -22,11 +27,11 @@ from kitsseg.memory import GB, MemoryBudget
 from kitsseg.planning import FINE
 from tests.test_predictor import coarse_oracle, dice, encoded_image, fine_oracle, paper_plans
 
-BEFORE = {  # computed with 459250e's kitsseg (np.take resampling, half-overlap 96^3 tiles)
-    "kits19/case_00004": ([16656809, 115665, 4742, 0],
-                          "88ea45c50fa0a3499f7c4964278c255288fb72948ebdc2ee20aeb1486d1bd0f5"),
-    "kits23-cysts/case_00006": ([40914651, 232831, 7113, 2013],
-                                "8da54f0e954b2c482d0715165b24fa7ae02aff06897a4bb9cd94711cc2fd325a"),
+BEFORE = {  # 459250e's kitsseg (np.take resampling, half-overlap 96^3 tiles), its normalise() rounding HU first
+    "kits19/case_00004": ([16656817, 115653, 4746, 0],
+                          "91d3d37ae1a41124fadc1020db0a40a7b730ecbb7ae2f0e11f4bf2b458962fc2"),
+    "kits23-cysts/case_00006": ([40914700, 232772, 7127, 2009],
+                                "3e36a21cfc086575754593f702656b9038e5eef1e46103e9f169ccae68b8cc73"),
 }
 
 

@@ -205,7 +205,7 @@ def test_splits_known_values_of_nnunet_rule():
 
 def test_training_sees_what_inference_feeds_the_networks():
     """The same scan through preprocessing (training's caches) and through the predictor's resampling
-    and normalisation: equal arrays, coarse and fine (training rounded the resampled HU, inference not)."""
+    and normalisation: equal arrays, coarse and fine, both rounded to whole HU before normalising."""
     from kitsseg.inference.predictor import Predictor
     from tests.test_predictor import paper_plans
 
@@ -220,8 +220,9 @@ def test_training_sees_what_inference_feeds_the_networks():
     np.testing.assert_array_equal(coarse.image, predictor._resampled(image, spacing, plans.stage(COARSE)))
     (fine,) = preprocess_fine(image, label, spacing, plans.stage(FINE), plans.intensity, (0, 1, 2))
     np.testing.assert_array_equal(fine.image, predictor._resampled(image[fine.box], spacing, plans.stage(FINE)))
-    assert not np.array_equal(fine.image, normalise(np.rint(resample(image[fine.box], fine.image.shape)),
-                                                    plans.intensity))  # rounding would show
+    hu = resample(image[fine.box], fine.image.shape)
+    assert not np.array_equal(hu, np.rint(hu))  # resampling made fractional HU...
+    np.testing.assert_array_equal(fine.image, normalise(np.rint(hu), plans.intensity))  # ...that both paths round
 
 
 def test_percentile_normalisation_known_values():
