@@ -14,13 +14,17 @@ runs the README's commands with the README's flags (KITSSEG_DATA set, as the REA
     kits_predict -i RAW/imagesTs -o predictions -d KiTS19
     kits_evaluate -r LABELS -p predictions  (the test cases' own label maps, kept aside)
 
+`--preset plans/cpu.json` rehearses the README's CPU alternative instead: planning with that preset
+and `kits_train STAGE 0 -d KiTS19` with no other flag (each stage trains for the preset's wall-clock
+budget), in WORKDIR/scale_cpu.
+
 Each step: wall time, peak PSS (and RSS) summed over the process tree, disk written under KITSSEG_DATA.
 Training speed per stage (benchmarks/bench_train.py on the preprocessed cases, the plans' batch
 sizes and loader workers): the step rate, the loader's batch rate, and the README loop's
 projected time (5 folds x planned iterations / step rate). Prints a Markdown report.
 
     python benchmarks/bench_scale.py [--workdir bench_work] [--cases 100] [--test-cases 5]
-                                     [--iterations 5] [--seconds 60] [--after-training]
+                                     [--iterations 5] [--seconds 60] [--after-training] [--preset P]
 """
 from __future__ import annotations
 
@@ -91,14 +95,14 @@ def planned_iterations(data_root: Path) -> dict[str, int]:
             for name, stage in plans["stages"].items()}
 
 
-def inference_steps(workdir: Path, rendered: Path, test: list[str], env: dict, data_root: Path, logs: Path) -> list:
+def inference_steps(run_dir: Path, rendered: Path, test: list[str], env: dict, data_root: Path, logs: Path) -> list:
     """kits_crossval on fold 0, kits_predict on the test images, kits_evaluate against their kept-aside labels."""
     rows = [run_step("crossval fold 0", ["kits_crossval", "-d", "KiTS19", "-f", "0"], env, data_root, logs)]
-    predictions = workdir / "scale" / "predictions"
+    predictions = run_dir / "predictions"
     shutil.rmtree(predictions, ignore_errors=True)
     rows.append(run_step("predict test images", ["kits_predict", "-i", str(data_root / "raw" / "KiTS19" / "imagesTs"),
                                                  "-o", str(predictions), "-d", "KiTS19"], env, data_root, logs))
-    labels = workdir / "scale" / "test_labels"
+    labels = run_dir / "test_labels"
     labels.mkdir(exist_ok=True)
     for case in test:
         if not (labels / f"{case}.nii.gz").exists():
@@ -142,11 +146,15 @@ def main() -> None:
     parser.add_argument("--after-training", action="store_true",
                         help="reuse WORKDIR/scale's data and fold-0 models of an earlier run: only kits_crossval, "
                              "kits_predict and kits_evaluate")
+    parser.add_argument("--preset", type=Path, help="plan with this preset (the README's CPU alternative: "
+                        "plans/cpu.json) and train each stage with no flags, for the preset's time budget")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     labelled, test = case_lists(args.cases, args.test_cases)
     rendered, _ = rendered_kits_source(workdir, "scale_rendered", labelled + test)
-    source, data_root, logs = workdir / "scale" / "kits19" / "data", workdir / "scale" / "kitsseg_data", workdir / "scale" / "logs"
+    run_dir = workdir / ("scale" if args.preset is None else f"scale_{args.preset.stem}")
+    source, data_root, logs = run_dir / "kits19" / "data", run_dir / "kitsseg_data", run_dir / "logs"
+    preset = [] if args.preset is None else ["--preset", str(args.preset.resolve())]
     env = {**os.environ, "KITSSEG_DATA": str(data_root)}
     logs.mkdir(parents=True, exist_ok=True)
     rows, speed, iterations = [], [], {}
@@ -155,19 +163,20 @@ def main() -> None:
         official_layout(rendered, source, labelled, test)
         print(f"{len(labelled)} labelled + {len(test)} test cases; data in {data_root}", flush=True)
         rows = [run_step("convert", ["kits_convert", "kits", str(source), "-d", "KiTS19"], env, data_root, logs),
-                run_step("plan_and_preprocess", ["kits_plan_and_preprocess", "-d", "KiTS19", "-np", "2"], env,
-                         data_root, logs)]
+                run_step("plan_and_preprocess", ["kits_plan_and_preprocess", "-d", "KiTS19", "-np", "2", *preset],
+                         env, data_root, logs)]
         iterations = planned_iterations(data_root)
     if not args.after_training and not args.skip_training:
-        speed = training_speed(env, data_root, args.seconds, logs)
-        fixed = ["--epochs", "1", "--iters-per-epoch", str(args.iterations), "--val-iters", "1"]
+        if not preset:  # a preset trained by wall clock has no planned iteration count to project
+            speed = training_speed(env, data_root, args.seconds, logs)
+        fixed = [] if preset else ["--epochs", "1", "--iters-per-epoch", str(args.iterations), "--val-iters", "1"]
         for stage in ("3d_coarse", "3d_fine"):
             rows.append(run_step(f"train {stage} fold 0", ["kits_train", stage, "0", "-d", "KiTS19", *fixed], env,
                                  data_root, logs))
     if args.after_training or not args.skip_training:
-        rows += inference_steps(workdir, rendered, test, env, data_root, logs)
+        rows += inference_steps(run_dir, rendered, test, env, data_root, logs)
     text = report(rows, speed, iterations, len(labelled), len(test))
-    (workdir / "scale" / "report.md").write_text(text + "\n")
+    (run_dir / "report.md").write_text(text + "\n")
     print(text)
 
 
