@@ -122,7 +122,7 @@ def report(rows: list[dict], speed: list[dict], iterations: dict[str, int], num_
     pre = next((r for r in rows if r["step"] == "plan_and_preprocess"), None)
     if pre is None:
         return "\n".join(lines)
-    lines += ["", f"Plan + preprocess: {pre['seconds'] / (num_cases + num_test):.1f} s per case, "
+    lines += ["", f"Plan + preprocess: {pre['seconds'] / num_cases:.1f} s per labelled case (the only ones it preprocesses), "
               f"{pre['disk_mb'] / num_cases:.1f} MB per labelled case (nnU-Net v2: about "
               f"{NNUNET_DISK_MB_PER_CASE} MB per case, about 47 s per case on the reference machine).", "",
               "| stage | patch | batch | workers | step it/s | loader batches/s | loader/step | planned iterations "
