@@ -16,7 +16,7 @@ runs the README's commands with the README's flags (KITSSEG_DATA set, as the REA
 
 `--preset plans/cpu.json` rehearses the README's CPU alternative instead: planning with that preset
 and `kits_train STAGE 0 -d KiTS19` with no other flag (each stage trains for the preset's wall-clock
-budget), in WORKDIR/scale_cpu.
+budget), in WORKDIR/scale_<preset name> (scale_cpu).
 
 Each step: wall time, peak PSS (and RSS) summed over the process tree, disk written under KITSSEG_DATA.
 Training speed per stage (benchmarks/bench_train.py on the preprocessed cases, the plans' batch
@@ -122,10 +122,13 @@ def report(rows: list[dict], speed: list[dict], iterations: dict[str, int], num_
     pre = next((r for r in rows if r["step"] == "plan_and_preprocess"), None)
     if pre is None:
         return "\n".join(lines)
-    lines += ["", f"Plan + preprocess: {pre['seconds'] / num_cases:.1f} s per labelled case (the only ones it preprocesses), "
+    lines += ["", f"Plan + preprocess: {pre['seconds'] / num_cases:.1f} s per labelled case (the only ones it "
+              "preprocesses), "
               f"{pre['disk_mb'] / num_cases:.1f} MB per labelled case (nnU-Net v2: about "
-              f"{NNUNET_DISK_MB_PER_CASE} MB per case, about 47 s per case on the reference machine).", "",
-              "| stage | patch | batch | workers | step it/s | loader batches/s | loader/step | planned iterations "
+              f"{NNUNET_DISK_MB_PER_CASE} MB per case, about 47 s per case on the reference machine)."]
+    if not speed:
+        return "\n".join(lines)
+    lines += ["", "| stage | patch | batch | workers | step it/s | loader batches/s | loader/step | planned iterations "
               "| README loop (5 folds) at this step rate, h |", "|---|---|---|---|---|---|---|---|---|"]
     for s in speed:
         hours = FOLDS * iterations[s["stage"]] / s["steps_per_s"] / 3600
@@ -144,7 +147,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measuring time per training rate")
     parser.add_argument("--skip-training", action="store_true", help="stop after plan and preprocess")
     parser.add_argument("--after-training", action="store_true",
-                        help="reuse WORKDIR/scale's data and fold-0 models of an earlier run: only kits_crossval, "
+                        help="reuse the data and fold-0 models of an earlier run in WORKDIR/scale (or scale_PRESET): "
+                             "only kits_crossval, "
                              "kits_predict and kits_evaluate")
     parser.add_argument("--preset", type=Path, help="plan with this preset (the README's CPU alternative: "
                         "plans/cpu.json) and train each stage with no flags, for the preset's time budget")
