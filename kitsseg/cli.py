@@ -206,9 +206,10 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters-per-epoch", type=int, help=f"training iterations per epoch {recipe}, e.g. 250)")
     parser.add_argument("--val-iters", type=int, help=f"validation batches per epoch {recipe}, e.g. 20)")
     parser.add_argument("--lr", type=float, help=f"initial learning rate, AdamW, poly decay {recipe}, e.g. 3e-3)")
-    parser.add_argument("--loss", choices=["gdice", "gdice_ce"],
-                        help=f"generalized Dice (the paper), or generalized Dice + cross-entropy {recipe}, "
-                             "e.g. gdice_ce)")
+    parser.add_argument("--loss", choices=["gdice", "gdice_ce", "crop_dice_ce"],  # kitsseg.training.loss.LOSSES
+                        help="gdice: generalized Dice over the batch (the paper); gdice_ce: plus cross-entropy; "
+                             "crop_dice_ce: Dice per crop (each crop's lesion counts once) plus cross-entropy "
+                             f"{recipe}, e.g. gdice_ce)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto = CUDA when available, else CPU")
     _add_precision(parser)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kitsseg.training.loss import SegmentationLoss, generalized_dice, one_hot
+from kitsseg.training.loss import SegmentationLoss, crop_dice, generalized_dice, one_hot
 
 
 def test_generalized_dice_by_hand():
@@ -35,3 +35,36 @@ def test_loss_is_high_for_a_wrong_prediction():
     labels = torch.ones(1, 4, 4, 4, dtype=torch.long)
     logits = one_hot(torch.zeros_like(labels), 2) * 100.0
     assert SegmentationLoss()(logits, labels).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_crop_dice_weighs_each_crop_with_a_lesion_once():
+    # crop 0: a 1-voxel tumour, missed; crop 1: a 7-voxel tumour, found; a batch sum hides the miss
+    labels = torch.zeros(2, 8, 1, 1, dtype=torch.long)
+    labels[0, 0] = 2
+    labels[1, :7] = 2
+    target = one_hot(labels, 3)
+    predicted = target.clone()
+    predicted[0, :, 0] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    batch = generalized_dice(predicted[:, [0, 2]], target[:, [0, 2]]).item()
+    assert batch == pytest.approx(2 * 7 / (7 + 8), rel=1e-4)  # 0.93
+    # per crop: tumour 0 and 1 -> 0.5; kidney is absent from both crops and left out
+    assert crop_dice(predicted, target).item() == pytest.approx(0.5, rel=1e-4)
+    assert crop_dice(one_hot(torch.zeros_like(labels), 3), one_hot(torch.zeros_like(labels), 3)) is None
+
+
+def test_crop_dice_ce_loss_without_foreground_is_cross_entropy():
+    labels = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    logits = torch.randn(2, 3, 4, 4, 4)
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert SegmentationLoss("crop_dice_ce")(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    perfect = one_hot(torch.randint(0, 3, (2, 8, 8, 8)), 3)
+    assert SegmentationLoss("crop_dice_ce")(perfect * 100.0, perfect.argmax(1)).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_command_line_offers_every_loss(capsys):
+    from kitsseg.cli import train_main
+    from kitsseg.training.loss import LOSSES
+
+    with pytest.raises(SystemExit):
+        train_main(["3d_fine", "0", "--loss", "none"])
+    assert f"choose from {', '.join(map(repr, LOSSES))}" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Tune the fine stage's recipe on a validation set rich in small tumours, with repeats.
+
+The fine stage is trained on fold 0 = the first 24 TRAIN_CASES of bench_accuracy.py, each variant
+once per seed (variants interleaved, so drift of the machine hits all alike), and the whole
+cascade predicts 20 validation cases: the 6 VALIDATION_CASES and EXTRA_VALIDATION_CASES, 14 other
+KiTS19 cases with tumours under 25 ml (neither training nor TEST_CASES). The coarse model is
+shared by every run (`--coarse-model`, a trained 3d_coarse fold folder), so the differences are the
+fine stage's. Rendered images: synthetic intensities on real KiTS19 geometry; the figures compare
+recipes only.
+
+    python benchmarks/tune_fine_stage.py --workdir bench_work/val16 \
+        --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_accuracy import DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, render, run  # noqa: E402
+
+EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076", "case_00077", "case_00082",
+                          "case_00083", "case_00085", "case_00094", "case_00097", "case_00106", "case_00121",
+                          "case_00127", "case_00129"]
+VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"]}
+
+
+def prepare(workdir: Path, preset: str, workers: int) -> Path:
+    """Rendered cases, the raw training dataset, its preprocessing, fold 0 and the validation folder;
+    returns the data root."""
+    rendered = render(workdir, TRAIN_CASES + EXTRA_VALIDATION_CASES, workers, DATASETS["kits19"].labels_root)
+    root = workdir / "data"
+    if not (root / "raw" / "KiTS19" / "dataset.json").exists():
+        source = workdir / "train_source"
+        source.mkdir(exist_ok=True)
+        for case in TRAIN_CASES:
+            if not (source / case).exists():
+                (source / case).symlink_to((rendered / case).resolve())
+        run(["kits_convert", "kits", source, "--data-root", root, "-d", "KiTS19", "--quiet"], workdir / "convert.log")
+    run(["kits_plan_and_preprocess", "--data-root", root, "-d", "KiTS19", "--preset", preset, "-np", workers,
+         "--quiet"], workdir / "preprocess.log")
+    (root / "preprocessed" / "KiTS19" / "splits_final.json").write_text(
+        json.dumps([{"train": TRAIN_CASES[:24], "val": VALIDATION_CASES}], indent=1))
+    for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES:
+        for folder, name, source in (("images", f"{case}_0000.nii.gz", "imaging.nii.gz"),
+                                     ("labels", f"{case}.nii.gz", "segmentation.nii.gz")):
+            link = workdir / "val" / folder / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((rendered / case / source).resolve())
+    return root
+
+
+def run_variant(workdir: Path, root: Path, name: str, flags: list, seed: int, args: argparse.Namespace) -> dict:
+    """Train the fine stage of fold 0, predict and score the validation folder; kits_evaluate's means."""
+    trained = root / "results" / "KiTS19" / "3d_fine" / "fold_0"
+    shutil.rmtree(trained, ignore_errors=True)
+    train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", "KiTS19", "--time-budget",
+                   args.budget_min, "--epochs", 10 ** 6, "--seed", seed, *flags, "--quiet"],
+                  workdir / f"train_{name}.log")
+    models = workdir / "models" / name
+    shutil.rmtree(models, ignore_errors=True)
+    shutil.copytree(args.coarse_model.resolve(), models / "3d_coarse" / "fold_0")
+    shutil.copytree(trained, models / "3d_fine" / "fold_0")
+    pred, scores = workdir / "pred" / name, workdir / "scores" / name
+    shutil.rmtree(pred, ignore_errors=True)
+    run(["kits_predict", "-i", workdir / "val" / "images", "-o", pred, "-m", models, "-f", "0", "--device", "cpu",
+         "--quiet"], workdir / f"predict_{name}.log")
+    run(["kits_evaluate", "-r", workdir / "val" / "labels", "-p", pred, "-o", scores, "--quiet"],
+        workdir / f"evaluate_{name}.log")
+    mean = json.loads((scores / "summary.json").read_text())["mean"]
+    return {"run": name, "seed": seed, "train_s": train_s, **mean}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tune_fine")
+    parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
+    parser.add_argument("--budget-min", type=float, default=18.0, help="fine-stage minutes per run (default: 18)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["baseline", "crop_dice_ce"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
+    parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"))
+    parser.add_argument("-np", "--workers", type=int, default=2)
+    args = parser.parse_args()
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = prepare(workdir, args.preset, args.workers)
+    results = workdir / "results.json"
+    rows = json.loads(results.read_text()) if results.exists() else []
+    for seed in args.seeds:
+        for variant in args.variants:
+            name = f"{variant}_s{seed}"
+            rows = [r for r in rows if r["run"] != name] + [run_variant(workdir, root, name, VARIANTS[variant], seed,
+                                                                         args)]
+            results.write_text(json.dumps(rows, indent=2))
+    print("| run | seed | kidney Dice | tumour Dice | KiTS19 composite | train wall s |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {r['seed']} | {r['kidney_dice']:.3f} | {r['tumor_dice']:.3f} | "
+              f"{r['composite_kits19']:.3f} | {r['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
