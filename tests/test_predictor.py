@@ -14,6 +14,7 @@ import torch
 
 from kitsseg.checkpoint import save_checkpoint
 from kitsseg.fingerprint import Fingerprint
+from kitsseg.inference.engine import mirrorings
 from kitsseg.inference.predictor import Predictor
 from kitsseg.inference.sliding_window import network_voxels, planned_overlap, predict_volume, tile_for
 from kitsseg.inference.torch_engine import fold_batch_norms
@@ -290,3 +291,19 @@ def test_predict_command_reports_a_corrupt_file_and_goes_on(tmp_path, phantom_ra
     third = pd.read_csv(out / "summary.csv").set_index("case")
     assert third.loc["case_00001", "status"] == "ok: output of a previous run"
     assert third.loc["case_00001", ["kidney_ml", "tumor_ml"]].tolist() == first.loc["case_00001", ["kidney_ml", "tumor_ml"]].tolist()
+
+
+@pytest.mark.parametrize("flags, mirrored", [([], False), (["--tta"], True)])
+def test_predict_command_mirrors_only_with_tta(tmp_path, tiny_models, phantom_raw, monkeypatch, flags, mirrored):
+    """kits_predict runs one pass per fold unless --tta asks for the 8 mirrorings (benchmarks/RESULTS.md,
+    recipe log entry 10: no gain on the test split for 2.5x the time)."""
+    from kitsseg.cli import predict_main
+    from kitsseg.inference import torch_engine
+
+    asked = []
+    monkeypatch.setattr(torch_engine, "mirrorings", lambda tta: asked.append(tta) or mirrorings(tta))
+    image = phantom_raw / "imagesTr" / "case_00000_0000.nii.gz"
+    assert predict_main(["-i", str(image), "-o", str(tmp_path), "-m", str(tiny_models), "--device", "cpu",
+                         "--quiet", *flags]) == 0
+    assert asked and set(asked) == {mirrored}
+    assert json.loads((tmp_path / "kitsseg_run.json").read_text())["arguments"]["tta"] is mirrored
