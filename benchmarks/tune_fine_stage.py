@@ -10,6 +10,9 @@ recipes only.
 
     python benchmarks/tune_fine_stage.py --workdir bench_work/val16 \
         --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
+
+Variants are recipe flags of kits_train (VARIANTS); `--tta` predicts with test-time mirroring;
+`--preset` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing 1.0 mm).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from bench_accuracy import DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, render
 EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076", "case_00077", "case_00082",
                           "case_00083", "case_00085", "case_00094", "case_00097", "case_00106", "case_00121",
                           "case_00127", "case_00129"]
-VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"]}
+VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
+            "augment_0.5": ["--augment", "0.5"]}
 
 
 def prepare(workdir: Path, preset: str, workers: int) -> Path:
@@ -68,7 +72,7 @@ def run_variant(workdir: Path, root: Path, name: str, flags: list, seed: int, ar
     pred, scores = workdir / "pred" / name, workdir / "scores" / name
     shutil.rmtree(pred, ignore_errors=True)
     run(["kits_predict", "-i", workdir / "val" / "images", "-o", pred, "-m", models, "-f", "0", "--device", "cpu",
-         "--quiet"], workdir / f"predict_{name}.log")
+         "--quiet", *(["--tta"] if args.tta else [])], workdir / f"predict_{name}.log")
     run(["kits_evaluate", "-r", workdir / "val" / "labels", "-p", pred, "-o", scores, "--quiet"],
         workdir / f"evaluate_{name}.log")
     mean = json.loads((scores / "summary.json").read_text())["mean"]
@@ -82,7 +86,9 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=18.0, help="fine-stage minutes per run (default: 18)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["baseline", "crop_dice_ce"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
-    parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"))
+    parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"),
+                        help="plans preset (another fine spacing needs its own --workdir: the cache is built once)")
+    parser.add_argument("--tta", action="store_true", help="predict with kits_predict --tta")
     parser.add_argument("-np", "--workers", type=int, default=2)
     args = parser.parse_args()
     workdir = args.workdir.resolve()
@@ -92,7 +98,7 @@ def main() -> None:
     rows = json.loads(results.read_text()) if results.exists() else []
     for seed in args.seeds:
         for variant in args.variants:
-            name = f"{variant}_s{seed}"
+            name = f"{variant}_s{seed}" + ("_tta" if args.tta else "")
             rows = [r for r in rows if r["run"] != name] + [run_variant(workdir, root, name, VARIANTS[variant], seed,
                                                                          args)]
             results.write_text(json.dumps(rows, indent=2))
