@@ -307,3 +307,34 @@ def test_predict_command_mirrors_only_with_tta(tmp_path, tiny_models, phantom_ra
                          "--quiet", *flags]) == 0
     assert asked and set(asked) == {mirrored}
     assert json.loads((tmp_path / "kitsseg_run.json").read_text())["arguments"]["tta"] is mirrored
+
+
+def test_predict_command_keeps_outputs_only_from_the_same_model(tmp_path, tiny_models, phantom_raw, capsys):
+    """A rerun into the same folder keeps existing outputs; with other checkpoints or --tta it stops with one
+    line naming the difference and leaves the folder as it was; --overwrite redoes the cases."""
+    import shutil
+
+    from kitsseg.cli import predict_main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    image = phantom_raw / "imagesTr" / "case_00000_0000.nii.gz"
+    out = tmp_path / "out"
+    command = ["-i", str(image), "-o", str(out), "-m", str(models), "--device", "cpu", "--quiet"]
+    assert predict_main(command) == 0
+    label_map = (out / "case_00000.nii.gz").read_bytes()
+    assert predict_main(command) == 0
+    assert "keeping 1 existing prediction(s)" in capsys.readouterr().out
+    record = (out / "kitsseg_run.json").read_bytes()
+    assert predict_main([*command, "--tta"]) == 1
+    assert "made with other --tta (off before, on now); pass --overwrite" in capsys.readouterr().err
+    fine = models / "3d_fine" / "fold_0" / "checkpoint_final.pt"
+    state = torch.load(fine, weights_only=True)
+    state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, fine)
+    assert predict_main(command) == 1
+    assert "made with other checkpoints" in capsys.readouterr().err
+    assert (out / "kitsseg_run.json").read_bytes() == record and (out / "case_00000.nii.gz").read_bytes() == label_map
+    assert predict_main([*command, "--overwrite"]) == 0
+    new_record = json.loads((out / "kitsseg_run.json").read_text())
+    assert new_record["checkpoints"][1]["sha256"] == hashlib.sha256(fine.read_bytes()).hexdigest()

@@ -1,7 +1,8 @@
 """kits_predict over many inputs: list cases, predict each, write label maps and summary.csv.
 
 A failing case is reported (stderr and summary.csv) and the others go on; existing
-outputs are kept (with their summary rows) unless `overwrite`; inputs are never written.
+outputs are kept (with their summary rows) unless `overwrite`, and only when kitsseg_run.json
+says the same model and settings made them; inputs are never written.
 With `profile`, each case's stages are timed (printed, and kept in profile.json).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kitsseg.kidney_sides import side_volumes_ml
 from kitsseg.label_stats import label_histogram
 from kitsseg.labels import ClassMap
 from kitsseg.profiling import Profile, stage
-from kitsseg.provenance import write_run_record
+from kitsseg.provenance import RUN_RECORD, labels_difference, read_run_record, run_record
 
 NO_KIDNEY_FOUND = "no_kidney_found"  # summary.csv status: not even the lowered coarse threshold found a kidney
 
@@ -156,6 +157,17 @@ def _write_summary(rows: list[dict], classes: ClassMap, path: Path) -> None:
         writer.writerows(rows)
 
 
+def _outputs_to_keep(out_dir: Path, case_ids: list[str], record: dict) -> list[str]:
+    """The cases whose outputs exist; an error when kitsseg_run.json says another model or settings made them."""
+    kept = [c for c in case_ids if (out_dir / f"{c}.nii.gz").exists()]
+    previous = read_run_record(out_dir)
+    difference = labels_difference(previous, record) if kept and previous else None
+    if difference:
+        raise KitssegError(f"{out_dir}: its {len(kept)} existing prediction(s) were made with other {difference}; "
+                           "pass --overwrite to redo them, or choose another output folder")
+    return kept
+
+
 def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False,
                    quiet: bool = False, save_probabilities: bool = False, overlays: bool = False,
                    arguments: dict | None = None, profile: bool = False, output_format: str = "nifti") -> int:
@@ -169,8 +181,13 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
     inputs = list_inputs(Path(source))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir)  # a killed run's partial files are never taken as outputs
-    write_run_record(out_dir, predictor.plans, predictor.folds, predictor.checkpoints,
-                     {**(arguments or {}), "precision_used": predictor.engine.precision})
+    record = run_record(predictor.plans, predictor.folds, predictor.checkpoints,
+                        {**(arguments or {}), "precision_used": predictor.engine.precision})
+    if not overwrite:
+        kept = _outputs_to_keep(out_dir, [case_id for case_id, _ in inputs], record)
+        if kept:
+            print(f"keeping {len(kept)} existing prediction(s) in {out_dir} (--overwrite redoes them)")
+    write_json(record, out_dir / RUN_RECORD)
     summary, classes = out_dir / "summary.csv", predictor.plans.classes
     previous = _previous_rows(summary)
     rows, failed, profiles = [], 0, {}
