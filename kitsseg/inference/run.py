@@ -160,8 +160,8 @@ def _write_summary(rows: list[dict], classes: ClassMap, path: Path) -> None:
 def _outputs_to_keep(out_dir: Path, case_ids: list[str], record: dict) -> list[str]:
     """The cases whose outputs exist; an error when kitsseg_run.json says another model or settings made them."""
     kept = [c for c in case_ids if (out_dir / f"{c}.nii.gz").exists()]
-    previous = read_run_record(out_dir)
-    difference = labels_difference(previous, record) if kept and previous else None
+    previous = read_run_record(out_dir) if kept else None
+    difference = labels_difference(previous, record) if previous else None
     if difference:
         raise KitssegError(f"{out_dir}: its {len(kept)} existing prediction(s) were made with other {difference}; "
                            "pass --overwrite to redo them, or choose another output folder")
