@@ -48,3 +48,29 @@ def test_forward_backward_of_a_paper_batch_on_cpu():
     out.mean().backward()
     assert out.shape == (2, 3, 96, 96, 96)
     assert all(p.grad is not None for p in network.parameters())
+
+
+@pytest.mark.parametrize("channels", [8, 16])
+def test_batch_norm_matches_torch_in_channels_last_with_gradients_in_the_input_layout(channels):
+    """Narrow inputs train in contiguous layout on the CPU (a speed path): values, running statistics and
+    gradients must equal nn.BatchNorm3d's, and the input's gradient must keep the input's layout."""
+    from kitsseg.network.vbnet import BatchNorm3d
+    torch.manual_seed(0)
+    x = (torch.randn(2, channels, 6, 8, 10) * 3 + 1).contiguous(memory_format=torch.channels_last_3d)
+    upstream = torch.randn(2, channels, 6, 8, 10).contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for norm in (torch.nn.BatchNorm3d(channels), BatchNorm3d(channels)):
+        with torch.no_grad():
+            norm.weight.copy_(torch.linspace(0.5, 2.0, channels))
+            norm.bias.copy_(torch.linspace(-1.0, 1.0, channels))
+        leaf = x.clone().requires_grad_()
+        inp = leaf * 1.0  # not a leaf: its hook sees the gradient in the layout the backward produced
+        input_grads = []
+        inp.register_hook(input_grads.append)
+        out = norm(inp)
+        out.backward(upstream)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        assert input_grads[0].is_contiguous(memory_format=torch.channels_last_3d)
+        results.append((out, leaf.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var))
+    for reference, ours in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

@@ -13,10 +13,44 @@ from torch import nn
 from kitsseg.planning import NetworkConfig
 
 
+NARROW_CHANNELS = 16
+
+
+class _ChangeLayout(torch.autograd.Function):
+    """x in memory format `forward_format`; its gradient back in `backward_format`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, forward_format: torch.memory_format, backward_format: torch.memory_format):
+        ctx.backward_format = backward_format
+        return x.contiguous(memory_format=forward_format)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.backward_format), None, None
+
+
+class BatchNorm3d(nn.BatchNorm3d):
+    """nn.BatchNorm3d that trains narrow channels_last_3d inputs on the CPU in contiguous layout.
+
+    PyTorch's CPU batch norm backward is slow for channels_last_3d tensors under 16 channels, and the
+    CPU presets run 8 channels at full resolution (torch 2.13, 2-core Xeon, batch 2 of 64^3, 8 channels,
+    bfloat16: 49 ms forward + backward, 15 ms with the layout changes, values and gradients in both
+    directions included). Same parameters and state dict; evaluation and other devices are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = torch.channels_last_3d
+        if (self.training and x.device.type == "cpu" and x.shape[1] < NARROW_CHANNELS and not x.is_contiguous()
+                and x.is_contiguous(memory_format=channels_last)):
+            y = super().forward(_ChangeLayout.apply(x, torch.contiguous_format, channels_last))
+            return _ChangeLayout.apply(y, channels_last, torch.contiguous_format)
+        return super().forward(x)
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, stride, padding=kernel // 2 if stride == 1 else 0,
                                    bias=False),
-                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
+                         BatchNorm3d(out_channels), nn.ReLU(inplace=True))
 
 
 class ResidualUnit(nn.Module):
@@ -30,7 +64,7 @@ class ResidualUnit(nn.Module):
                       nn.Conv3d(mid, channels, 1, bias=False)]
         else:
             layers = [conv_bn_relu(channels, channels, 3), nn.Conv3d(channels, channels, 3, padding=1, bias=False)]
-        self.body = nn.Sequential(*layers, nn.BatchNorm3d(channels))
+        self.body = nn.Sequential(*layers, BatchNorm3d(channels))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +91,7 @@ class UpBlock(nn.Module):
                  config: NetworkConfig):
         super().__init__()
         self.up = nn.Sequential(nn.ConvTranspose3d(in_channels, out_channels - skip_channels, 2, 2, bias=False),
-                                nn.BatchNorm3d(out_channels - skip_channels), nn.ReLU(inplace=True))
+                                BatchNorm3d(out_channels - skip_channels), nn.ReLU(inplace=True))
         self.units = residual_stack(out_channels, units, config)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
