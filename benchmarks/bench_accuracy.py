@@ -151,10 +151,14 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
     """kits_train flags for the recipe changes asked for; none by default, so the row measures the
     preset's recipe exactly as a user gets it from plans.json. The time budget is passed only when
     --budget-min or --coarse-share make it differ from the preset's."""
-    preset = json.loads(Path(args.preset).read_text())["stages"][stage].get("training", {})
+    budgets = {name: stage.get("training", {}).get("time_budget_min", 0.0)
+               for name, stage in json.loads(Path(args.preset).read_text())["stages"].items()}
+    coarse_share = args.coarse_share
+    if coarse_share is None:
+        coarse_share = budgets["3d_coarse"] / max(budgets["3d_coarse"] + budgets["3d_fine"], 1e-9)
     flags = [[flag, getattr(args, name)] for name, flag in RECIPE_FLAGS.items() if getattr(args, name) is not None]
-    share = args.coarse_share if stage == "3d_coarse" else 1 - args.coarse_share
-    if abs(args.budget_min * share - preset.get("time_budget_min", 0.0)) > 1e-9:
+    share = coarse_share if stage == "3d_coarse" else 1 - coarse_share
+    if abs(args.budget_min * share - budgets[stage]) > 1e-9:
         flags.append(["--time-budget", args.budget_min * share, "--epochs", 10 ** 6])
     return [item for flag in flags for item in flag]
 
@@ -258,7 +262,8 @@ def main() -> None:
     parser.add_argument("-np", "--workers", type=int, default=2, help="processes for rendering, preprocessing "
                         "and data augmentation, the same for every method (default: 2)")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
-    parser.add_argument("--coarse-share", type=float, default=0.25, help="kitsseg: budget share of the coarse stage")
+    parser.add_argument("--coarse-share", type=float, help="kitsseg: budget share of the coarse stage (default: the "
+                        "preset's, from its stages' time_budget_min)")
     recipe = "(default: the preset's recipe in plans.json)"
     parser.add_argument("--lr", type=float, help=f"kitsseg: initial learning rate {recipe}")
     parser.add_argument("--loss", help=f"kitsseg: training loss {recipe}")
