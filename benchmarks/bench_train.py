@@ -2,8 +2,9 @@
 
 Uses a preprocessed dataset (`--data-root/-d`, e.g. the one bench_preprocess.py builds from
 rendered KiTS19 cases) or, by default, makes a phantom dataset with the paper's preset. Batches,
-loss and loader workers are the plans' recipe, as `kits_train STAGE FOLD` runs with no flags. On CUDA
-the step uses mixed precision and channels_last_3d, and peak GPU memory is reported.
+loss and loader workers are the plans' recipe, as `kits_train STAGE FOLD` runs with no flags; the step runs
+in channels_last_3d with the trainer's mixed precision (float16 on CUDA, bfloat16 on CPUs that run it
+natively), and peak GPU memory is reported on CUDA.
 
     python benchmarks/bench_train.py [--data-root ROOT -d NAME] [--device cpu|cuda] [--seconds 60]
                                      [--batch-size B] [--num-workers N] [--json]
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import machine_description  # noqa: E402
 
-from kitsseg.device import resolve_device  # noqa: E402
+from kitsseg.device import autocast_dtype, resolve_device  # noqa: E402
 from kitsseg.network.vbnet import parameter_megabytes  # noqa: E402
 from kitsseg.paths import DatasetPaths  # noqa: E402
 from kitsseg.planning import STAGES, load_plans  # noqa: E402
@@ -55,13 +56,14 @@ def _step_rate(stage, config: TrainConfig, batches, device: torch.device, second
     network = build_network(stage, device).train()
     optimizer = build_optimizer(network, config)
     loss_fn = SegmentationLoss(config.loss)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    dtype = autocast_dtype(device, config.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     batch = _to_tensors(next(batches), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     count, start = -1, 0.0
     while count < 0 or time.perf_counter() - start < seconds:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = loss_fn(network(batch[0]), batch[1])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
