@@ -151,11 +151,12 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
     """kits_train flags for the recipe changes asked for; none by default, so the row measures the
     preset's recipe exactly as a user gets it from plans.json. The time budget is passed only when
     --budget-min or --coarse-share make it differ from the preset's."""
-    budgets = {name: stage.get("training", {}).get("time_budget_min", 0.0)
-               for name, stage in json.loads(Path(args.preset).read_text())["stages"].items()}
+    budgets = {name: plan.get("training", {}).get("time_budget_min", 0.0)
+               for name, plan in json.loads(Path(args.preset).read_text())["stages"].items()}
+    total_min = budgets["3d_coarse"] + budgets["3d_fine"]
     coarse_share = args.coarse_share
-    if coarse_share is None:
-        coarse_share = budgets["3d_coarse"] / max(budgets["3d_coarse"] + budgets["3d_fine"], 1e-9)
+    if coarse_share is None:  # the preset's own split; a quarter for presets that train by epochs
+        coarse_share = budgets["3d_coarse"] / total_min if total_min > 0 else 0.25
     flags = [[flag, getattr(args, name)] for name, flag in RECIPE_FLAGS.items() if getattr(args, name) is not None]
     share = coarse_share if stage == "3d_coarse" else 1 - coarse_share
     if abs(args.budget_min * share - budgets[stage]) > 1e-9:
@@ -263,7 +264,7 @@ def main() -> None:
                         "and data augmentation, the same for every method (default: 2)")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
     parser.add_argument("--coarse-share", type=float, help="kitsseg: budget share of the coarse stage (default: the "
-                        "preset's, from its stages' time_budget_min)")
+                        "preset's, from its stages' time_budget_min; 0.25 for a preset that trains by epochs)")
     recipe = "(default: the preset's recipe in plans.json)"
     parser.add_argument("--lr", type=float, help=f"kitsseg: initial learning rate {recipe}")
     parser.add_argument("--loss", help=f"kitsseg: training loss {recipe}")
