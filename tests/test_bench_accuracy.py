@@ -7,11 +7,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_accuracy import recipe_flags  # noqa: E402
+from bench_accuracy import RECIPE_FLAGS, recipe_flags  # noqa: E402
 
 
 def _args(preset: str, budget_min: float = 45.0, coarse_share: float | None = None, **recipe) -> argparse.Namespace:
-    fields = {"lr": None, "loss": None, "lesion_fraction": None, "augment_strength": None, "iters_per_epoch": None}
+    fields = dict.fromkeys(RECIPE_FLAGS)  # no recipe flag given
     return argparse.Namespace(preset=str(REPO / "plans" / preset), budget_min=budget_min,
                               coarse_share=coarse_share, **{**fields, **recipe})
 
