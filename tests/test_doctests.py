@@ -11,7 +11,8 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(kitsseg.__path__, "kitsse
 WITH_EXAMPLES = {"kitsseg.io", "kitsseg.label_stats", "kitsseg.labels", "kitsseg.postprocessing",
                  "kitsseg.resampling", "kitsseg.inference.sliding_window", "kitsseg.inference.engine",
                  "kitsseg.deploy.bundle", "kitsseg.dicom_seg", "kitsseg.kidney_sides",
-                 "kitsseg.planning", "kitsseg.boxes", "kitsseg.training.sampling", "kitsseg.preprocessing"}
+                 "kitsseg.planning", "kitsseg.boxes", "kitsseg.training.sampling", "kitsseg.training.trainer",
+                 "kitsseg.preprocessing"}
 
 
 @pytest.mark.parametrize("name", MODULES)

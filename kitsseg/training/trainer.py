@@ -88,6 +88,25 @@ def poly_lr(base_lr: float, progress: float, exponent: float = 0.9) -> float:
     return base_lr * (1.0 - min(max(progress, 0.0), 1.0)) ** exponent
 
 
+def pace_estimate(config: TrainConfig, epochs_done: int, epoch_seconds: float) -> str:
+    """One line after a session's first epoch: what the rest takes at its pace or, for a run cut by
+    the clock, how many iterations the budget buys (the benchmarks' tables give the iterations their
+    figures came from; a slower machine gets fewer in the same minutes).
+
+    >>> pace_estimate(TrainConfig("3d_fine", "all", iters_per_epoch=100, time_budget_min=38.25), 1, 108.0)
+    'one epoch takes about 108 s; training stops after 38.25 min: about 2100 iterations at this pace'
+    >>> pace_estimate(TrainConfig("3d_fine", "0", epochs=100), 1, 90.0)
+    'one epoch takes about 90 s: about 2.5 h for the remaining 99 epochs'
+    """
+    if config.time_budget_min > 0:
+        iterations = 60 * config.time_budget_min / epoch_seconds * config.iters_per_epoch
+        return (f"one epoch takes about {epoch_seconds:.0f} s; training stops after {config.time_budget_min:g} min: "
+                f"about {round(iterations, -2):.0f} iterations at this pace")
+    remaining = config.epochs - epochs_done
+    return (f"one epoch takes about {epoch_seconds:.0f} s: about {remaining * epoch_seconds / 3600:.1f} h "
+            f"for the remaining {remaining} epochs")
+
+
 def fold_cases(splits: list[dict], fold: str, case_ids: list[str]) -> tuple[list[str], list[str]]:
     """(train, val) ids; fold 'all' trains on every case and validates on them too."""
     if fold == "all":
@@ -219,14 +238,6 @@ class Trainer:
             return self.dist.from_rank_zero((self.seconds_before + self._elapsed()) / (60 * cfg.time_budget_min))
         return by_steps
 
-    def _estimate(self, epoch_seconds: float) -> str:
-        """One line: the time the remaining epochs will take at the first epoch's pace."""
-        if self.config.time_budget_min > 0:
-            return f"one epoch takes about {epoch_seconds:.0f} s; training stops after {self.config.time_budget_min:g} min"
-        remaining = self.config.epochs - self.epoch
-        return (f"one epoch takes about {epoch_seconds:.0f} s: about {remaining * epoch_seconds / 3600:.1f} h "
-                f"for the remaining {remaining} epochs")
-
     def _done(self) -> bool:
         if self.config.time_budget_min > 0:
             return self._progress(0) >= 1.0
@@ -331,7 +342,7 @@ class Trainer:
                     tqdm.write(f"epoch {row['epoch']}: train {train_loss:.4f}  val {val_loss:.4f}  "
                                f"dice {np.round(dice, 3).tolist()}  {row['seconds']:.0f} s")
                     if row["epoch"] == first_epoch:
-                        tqdm.write(self._estimate(row["seconds"]))
+                        tqdm.write(pace_estimate(self.config, self.epoch, row["seconds"]))
         finally:
             if hasattr(self.batches, "_finish"):
                 self.batches._finish()
