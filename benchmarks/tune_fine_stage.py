@@ -11,7 +11,8 @@ recipes only.
     python benchmarks/tune_fine_stage.py --workdir bench_work/val16 \
         --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
 
-Variants are recipe flags of kits_train (VARIANTS); `--tta` predicts with test-time mirroring;
+Variants are recipe flags of kits_train (VARIANTS) or changes of the fine network in plans.json
+(NETWORK_VARIANTS, written for the run and restored after it); `--tta` predicts with test-time mirroring;
 `--preset` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing 1.0 mm).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +32,7 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
+NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16}}
 
 
 def prepare(workdir: Path, preset: str, workers: int) -> Path:
@@ -58,13 +61,28 @@ def prepare(workdir: Path, preset: str, workers: int) -> Path:
     return root
 
 
-def run_variant(workdir: Path, root: Path, name: str, flags: list, seed: int, args: argparse.Namespace) -> dict:
+@contextmanager
+def fine_network(root: Path, changes: dict):
+    """plans.json's fine network with `changes` while the block runs (the checkpoint keeps them)."""
+    plans_path = root / "preprocessed" / "KiTS19" / "plans.json"
+    original = plans_path.read_text()
+    plans = json.loads(original)
+    plans["stages"]["3d_fine"]["network"].update(changes)
+    plans_path.write_text(json.dumps(plans, indent=1))
+    try:
+        yield
+    finally:
+        plans_path.write_text(original)
+
+
+def run_variant(workdir: Path, root: Path, name: str, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train the fine stage of fold 0, predict and score the validation folder; kits_evaluate's means."""
     trained = root / "results" / "KiTS19" / "3d_fine" / "fold_0"
     shutil.rmtree(trained, ignore_errors=True)
-    train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", "KiTS19", "--time-budget",
-                   args.budget_min, "--epochs", 10 ** 6, "--seed", seed, *flags, "--quiet"],
-                  workdir / f"train_{name}.log")
+    with fine_network(root, NETWORK_VARIANTS.get(variant, {})):
+        train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", "KiTS19", "--time-budget",
+                       args.budget_min, "--epochs", 10 ** 6, "--seed", seed, *VARIANTS.get(variant, []), "--quiet"],
+                      workdir / f"train_{name}.log")
     models = workdir / "models" / name
     shutil.rmtree(models, ignore_errors=True)
     shutil.copytree(args.coarse_model.resolve(), models / "3d_coarse" / "fold_0")
@@ -84,7 +102,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tune_fine")
     parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
     parser.add_argument("--budget-min", type=float, default=18.0, help="fine-stage minutes per run (default: 18)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["baseline", "crop_dice_ce"])
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *NETWORK_VARIANTS], default=["baseline", "crop_dice_ce"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"),
                         help="plans preset (another fine spacing needs its own --workdir: the cache is built once)")
@@ -99,8 +117,7 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             name = f"{variant}_s{seed}" + ("_tta" if args.tta else "")
-            rows = [r for r in rows if r["run"] != name] + [run_variant(workdir, root, name, VARIANTS[variant], seed,
-                                                                         args)]
+            rows = [r for r in rows if r["run"] != name] + [run_variant(workdir, root, name, variant, seed, args)]
             results.write_text(json.dumps(rows, indent=2))
     print("| run | seed | kidney Dice | tumour Dice | KiTS19 composite | train wall s |\n|---|---|---|---|---|---|")
     for r in rows:
