@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tune_fine")
     parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
     parser.add_argument("--budget-min", type=float, default=18.0, help="fine-stage minutes per run (default: 18)")
-    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *NETWORK_VARIANTS], default=["baseline", "crop_dice_ce"])
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *NETWORK_VARIANTS],
+                        default=["baseline", "crop_dice_ce"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"),
                         help="plans preset (another fine spacing needs its own --workdir: the cache is built once)")
