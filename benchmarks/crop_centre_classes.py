@@ -19,8 +19,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kitsseg.planning import FINE, load_plans  # noqa: E402
-from kitsseg.training.sampling import CachedVolume, CropSampler, load_stage_volumes  # noqa: E402
+from crop_padding_share import fine_sampling  # noqa: E402
+from kitsseg.training.sampling import CachedVolume, CropSampler  # noqa: E402
 
 LABEL_NAMES = {0: "background", 1: "kidney", 2: "tumour", 3: "cyst"}
 
@@ -29,10 +29,9 @@ def component_volumes_ml(label: np.ndarray, voxel_ml: float) -> np.ndarray:
     """Per voxel, the volume in ml of its connected component of its own label (0 for background)."""
     out = np.zeros(label.shape, dtype=np.float32)
     for value in np.unique(label[label >= 2]):
-        components, count = ndi.label(label == value)
-        sizes_ml = np.concatenate([[0.0], ndi.sum_labels(np.ones_like(components), components,
-                                                         np.arange(1, count + 1)) * voxel_ml])
-        out[label == value] = sizes_ml[components[label == value]]
+        mask = label == value
+        components = ndi.label(mask)[0]
+        out[mask] = np.bincount(components.ravel())[components[mask]] * voxel_ml
     return out
 
 
@@ -58,15 +57,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small-ml", type=float, default=5.0, help="lesion components under this count as small")
     args = parser.parse_args()
-    plans = load_plans(args.preprocessed / "plans.json")
-    stage = plans.stage(FINE)
-    case_ids = sorted(p.stem for p in (args.preprocessed / FINE).glob("*.json"))
-    volumes = load_stage_volumes(args.preprocessed / FINE, case_ids, args.seed)
-    sampler = CropSampler.for_stage(stage, plans.intensity.padding_value, stage.training)
+    stage, volumes, sampler = fine_sampling(args.preprocessed, args.seed)
     voxel_ml = float(np.prod(stage.spacing_mm)) / 1000.0
     counts = centre_counts(sampler, volumes, voxel_ml, args.crops, args.seed, args.small_ml)
-    print(f"{args.preprocessed}: {len(case_ids)} cases, {len(volumes)} fine arrays, {args.crops} crops, seed "
-          f"{args.seed}; fractions {sampler.class_fractions}")
+    print(f"{args.preprocessed}: {len({v.case_id for v in volumes})} cases, {len(volumes)} fine arrays, "
+          f"{args.crops} crops, seed {args.seed}; fractions {sampler.class_fractions}")
     lesion = counts["tumour"] + counts["cyst"]
     for name in ("background", "kidney", "tumour", "cyst"):
         line = f"{name}: {counts[name] / args.crops:.3f} of crops"

@@ -17,9 +17,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kitsseg.planning import FINE, load_plans  # noqa: E402
+from kitsseg.planning import FINE, StagePlan, load_plans  # noqa: E402
 from kitsseg.training.augmentation import sample_size  # noqa: E402
-from kitsseg.training.sampling import CropSampler, load_stage_volumes  # noqa: E402
+from kitsseg.training.sampling import CachedVolume, CropSampler, load_stage_volumes  # noqa: E402
+
+
+def fine_sampling(preprocessed: Path, seed: int) -> tuple[StagePlan, list[CachedVolume], CropSampler]:
+    """The fine stage's plan, every cached fine array and the sampler kits_train builds from the plans."""
+    plans = load_plans(preprocessed / "plans.json")
+    stage = plans.stage(FINE)
+    case_ids = sorted(p.stem for p in (preprocessed / FINE).glob("*.json"))
+    volumes = load_stage_volumes(preprocessed / FINE, case_ids, seed)
+    return stage, volumes, CropSampler.for_stage(stage, plans.intensity.padding_value, stage.training)
 
 
 def outside_voxels(start, size, shape) -> int:
@@ -47,14 +56,10 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    plans = load_plans(args.preprocessed / "plans.json")
-    stage = plans.stage(FINE)
-    recipe = stage.training
-    case_ids = sorted(p.stem for p in (args.preprocessed / FINE).glob("*.json"))
-    volumes = load_stage_volumes(args.preprocessed / FINE, case_ids, args.seed)
-    sampler = CropSampler.for_stage(stage, plans.intensity.padding_value, recipe)
-    print(f"{args.preprocessed}: {len(case_ids)} cases, {len(volumes)} fine arrays, {args.crops} crops, "
-          f"seed {args.seed}; fractions {sampler.class_fractions}, VOI jitter {recipe.voi_jitter_mm} mm")
+    stage, volumes, sampler = fine_sampling(args.preprocessed, args.seed)
+    print(f"{args.preprocessed}: {len({v.case_id for v in volumes})} cases, {len(volumes)} fine arrays, "
+          f"{args.crops} crops, seed {args.seed}; fractions {sampler.class_fractions}, "
+          f"VOI jitter {stage.training.voi_jitter_mm} mm")
     for name, size in (("patch", stage.patch_size), ("augmentation sample", sample_size(stage.patch_size, True))):
         share = padding_share(sampler, volumes, size, args.crops, args.seed)
         print(f"padding share, {name} {'x'.join(map(str, size))}: {100 * share:.2f} %")
