@@ -120,6 +120,15 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
                              "float32: always full precision")
 
 
+def _add_lesion_weight(parser: argparse.ArgumentParser, default_note: str, default: bool = False) -> None:
+    from kitsseg.postprocessing import LESION_WEIGHT
+
+    parser.add_argument("--lesion-weight", type=float, metavar="W", default=LESION_WEIGHT if default else None,
+                        help="factor of the tumour and cyst probabilities in the class decision (1 = plain argmax; "
+                             f"higher calls more lesion; default: {default_note}{LESION_WEIGHT:g}, chosen on a "
+                             "validation split)")
+
+
 def _add_memory_budget(parser: argparse.ArgumentParser, note: str) -> None:
     from kitsseg.memory import MEMORY_ENV
 
@@ -241,12 +250,15 @@ def _predict(args: argparse.Namespace) -> int:
     from kitsseg.inference.predictor import Predictor
     from kitsseg.inference.run import predict_inputs
     from kitsseg.memory import MemoryBudget
-    from kitsseg.postprocessing import PostprocessConfig
+    from kitsseg.postprocessing import LESION_WEIGHT, PostprocessConfig
 
     from kitsseg.deploy.bundle import is_bundle, predictor_from_bundle
 
     model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
-    postprocess = PostprocessConfig(keep_largest_kidney_component=False) if args.no_postprocess else None
+    postprocess = None  # postprocessing.json's (the bundle's), else the default
+    if args.no_postprocess or args.lesion_weight is not None:
+        weight = LESION_WEIGHT if args.lesion_weight is None else args.lesion_weight
+        postprocess = PostprocessConfig(not args.no_postprocess, weight)
     memory = MemoryBudget.resolve(args.memory_gb)
     if is_bundle(model_dir):
         predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, postprocess,
@@ -293,6 +305,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-postprocess", action="store_true",
                         help="keep every connected kidney component (default: one per VOI, the one "
                              "the coarse stage found, or what postprocessing.json decided)")
+    _add_lesion_weight(parser, "postprocessing.json's, else ")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probabilities.npz (fine-stage probabilities inside each VOI) "
@@ -398,7 +411,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     from kitsseg.inference.ensemble import ensemble_folders
     from kitsseg.postprocessing import PostprocessConfig
 
-    config = PostprocessConfig(keep_largest_kidney_component=not args.no_postprocess)
+    config = PostprocessConfig(not args.no_postprocess, args.lesion_weight)
     failed = ensemble_folders([Path(d) for d in args.input], Path(args.output), config, args.quiet)
     print(f"ensembled label maps in {args.output}")
     return 1 if failed else 0
@@ -407,10 +420,11 @@ def _ensemble(args: argparse.Namespace) -> int:
 def ensemble_main(argv: list[str] | None = None) -> int:
     parser = _parser(
         prog="kits_ensemble", description="Average the probabilities that several kits_predict "
-        "--save-probabilities runs wrote, then argmax and postprocess.")
+        "--save-probabilities runs wrote, then decide the classes (lesions weighted) and postprocess.")
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="DIR", help="prediction folders")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--no-postprocess", action="store_true", help="keep every connected kidney component")
+    _add_lesion_weight(parser, "", default=True)
     _add_common(parser, dataset=False)
     return _run(parser, _ensemble, argv)
 

@@ -12,12 +12,14 @@ import SimpleITK as sitk
 from kitsseg import crossval
 from kitsseg.cli import ensemble_main
 from kitsseg.crossval import decide_postprocessing, run_crossval
+from kitsseg.errors import KitssegError
 from kitsseg.inference.ensemble import load_probabilities, save_probabilities
 from kitsseg.inference.predictor import CascadeResult, Predictor
 from kitsseg.io import CaseProperties, load_volume
 from kitsseg.labels import ClassMap
 from kitsseg.paths import DatasetPaths
 from kitsseg.planning import load_plans
+from kitsseg.postprocessing import LESION_WEIGHT, PostprocessConfig
 from kitsseg.training.trainer import TrainConfig, train
 
 
@@ -60,7 +62,14 @@ def test_crossval_writes_pooled_evaluation_and_decision(two_folds):
     assert predictor.postprocess.keep_largest_kidney_component == decision["keep_largest_kidney_component"]
     # kits_predict follows a decision written by hand, too
     (two_folds.results / "postprocessing.json").write_text(json.dumps({"keep_largest_kidney_component": False}))
-    assert not Predictor.from_model_dir(two_folds.results, device="cpu").postprocess.keep_largest_kidney_component
+    assert Predictor.from_model_dir(two_folds.results, device="cpu").postprocess == PostprocessConfig(False, LESION_WEIGHT)
+    (two_folds.results / "postprocessing.json").write_text(json.dumps({"keep_largest_kidney_component": True,
+                                                                       "lesion_weight": 1.5}))
+    assert Predictor.from_model_dir(two_folds.results, device="cpu").postprocess == PostprocessConfig(True, 1.5)
+    (two_folds.results / "postprocessing.json").write_text(json.dumps({"keep_largest_kidney_component": True,
+                                                                       "lesion_weight": 0}))
+    with pytest.raises(KitssegError, match="lesion weight 0.0: must be above 0"):
+        Predictor.from_model_dir(two_folds.results, device="cpu")
 
 
 def _predict(paths, out, *extra):
@@ -110,6 +119,7 @@ class ReferencePredictor:
         self.checkpoints = [paths.results / f"fold_{fold}.pt"]
         self.checkpoints[0].parent.mkdir(parents=True, exist_ok=True)
         self.checkpoints[0].write_bytes(b"stand-in")
+        self.postprocess = PostprocessConfig()
         self.references = {}
         for label in sorted((paths.raw / "labelsTr").glob("*.nii.gz")):
             image, _ = load_volume(paths.raw / "imagesTr" / label.name.replace(".nii.gz", "_0000.nii.gz"))
@@ -155,7 +165,7 @@ def test_crossval_decision_from_known_dice(crossval_dataset):
     assert decision["mean_dice_unprocessed"]["kidney_dice"] == pytest.approx(
         expected_kidney_dice(paths, validated, blob[0]), abs=1e-12)
     assert decision["mean_dice_unprocessed"]["tumor_dice"] == 1.0
-    assert decision["keep_largest_kidney_component"] is True
+    assert decision["keep_largest_kidney_component"] is True and decision["lesion_weight"] == LESION_WEIGHT
     assert json.loads((paths.results / "postprocessing.json").read_text())["keep_largest_kidney_component"] is True
 
 
@@ -195,9 +205,15 @@ def test_ensemble_is_the_average_of_both_folders(tmp_path):
                         (b_only, probabilities((1, 3, 3), (0.2, 0.8, 0.0), (0.2, 0.8, 0.0)))],
                        props, classes, tmp_path / "b", "case")
     assert ensemble_main(["-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out"),
-                          "--no-postprocess", "--quiet"]) == 0
+                          "--no-postprocess", "--lesion-weight", "1", "--quiet"]) == 0
     expected = np.zeros((6, 8, 10), np.uint8)
     expected[1:5, 1:7, 5:9] = 2  # right half: (0.2, 0.25, 0.55); left half (0.4, 0.3, 0.3): background
     # b_only: (0.6, 0.4, 0) with the first folder's background there: background
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz")))
+    np.testing.assert_array_equal(got, expected)
+    # the default lesion weight (3): the left half's tumour 0.3 x 3 = 0.9 beats background's 0.4
+    assert ensemble_main(["-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "weighted"),
+                          "--no-postprocess", "--quiet"]) == 0
+    expected[1:5, 1:7, 1:5] = 2
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "weighted" / "case.nii.gz")))
     np.testing.assert_array_equal(got, expected)

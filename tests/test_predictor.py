@@ -21,9 +21,13 @@ from kitsseg.inference.torch_engine import fold_batch_norms
 from kitsseg.inference.voi import coarse_mask_in_box
 from kitsseg.network.vbnet import VBNet
 from kitsseg.planning import COARSE, DEFAULT_PRESET, FINE, Plans, load_preset, plan_experiment
+from kitsseg.postprocessing import LESION_WEIGHT, PostprocessConfig
 from kitsseg.provenance import plans_hash
 
 LEVEL_HU = 150.0  # label L is painted as L * 150 - 150 HU: inside the [-200, 500] window
+# the oracles' probabilities are exact, so the cascade's geometry is checked with the plain argmax
+# (the default weights lesions for trained nets, which under-call them)
+PLAIN_ARGMAX = PostprocessConfig(lesion_weight=1.0)
 
 
 def paper_plans(cysts=True):
@@ -66,7 +70,8 @@ def dice(a, b):
 def test_oracle_cascade_returns_the_ground_truth(shared_data, relative):
     seg = sitk.ReadImage(str(shared_data / relative / "segmentation.nii.gz"))
     plans = paper_plans()
-    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(plans.stage(FINE).num_classes)])
+    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(plans.stage(FINE).num_classes)],
+                          postprocess=PLAIN_ARGMAX)
     out = predictor.predict(encoded_image(seg))
     assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
            (seg.GetSize(), seg.GetSpacing(), seg.GetOrigin(), seg.GetDirection())
@@ -115,6 +120,27 @@ def test_no_kidney_gives_an_empty_map():
     predictor = Predictor(plans, [nothing], [fine_oracle(3)])
     result = predictor.predict_array(np.zeros((30, 40, 40), np.int16), (2.0, 1.0, 1.0))
     assert result.kidneys_found == 0 and not result.labels.any()
+
+
+def test_lesion_probabilities_are_weighted_in_the_class_decision():
+    """A fine 'network' that gives the kidney block (background, kidney, tumour) = (0.05, 0.65, 0.30):
+    plain argmax calls it kidney, the default weight (0.30 x 3 = 0.90 > 0.65) tumour; background
+    stays (0.98 against 0.01 x 3)."""
+    hu = np.full((40, 40, 40), -LEVEL_HU, np.int16)
+    hu[12:28, 14:26, 14:26] = 0  # one 'kidney' for the coarse oracle
+
+    def fine(x):
+        inside = (decode(x) > 0.5).float()
+        p = inside * torch.tensor([0.05, 0.65, 0.30]).view(1, 3, 1, 1, 1) + \
+            (1 - inside) * torch.tensor([0.98, 0.01, 0.01]).view(1, 3, 1, 1, 1)
+        return torch.log(p)
+
+    block = hu == 0
+    for config, inside_label in ((PostprocessConfig(), 2), (PLAIN_ARGMAX, 1)):
+        labels = Predictor(paper_plans(cysts=False), [coarse_oracle], [fine], postprocess=config).predict_array(
+            hu, (2.0, 2.0, 2.0)).labels
+        assert dice(labels == inside_label, block) > 0.9 and not labels[~block].any()
+    assert PostprocessConfig().lesion_weight == LESION_WEIGHT == 3.0
 
 
 def test_coarse_mask_in_box_repeats_each_coarse_voxel_over_the_original_voxels_it_covers():
@@ -208,6 +234,16 @@ def test_predict_command_profile_flag(tmp_path, tiny_models, phantom_raw):
     assert stages[:3] == STAGES[:3] and stages[-1] == "writing"
 
 
+def test_predict_command_refuses_a_lesion_weight_of_zero(tmp_path, tiny_models, phantom_raw, capsys):
+    from kitsseg.cli import predict_main
+
+    image = phantom_raw / "imagesTr" / "case_00000_0000.nii.gz"
+    assert predict_main(["-i", str(image), "-o", str(tmp_path / "out"), "-m", str(tiny_models), "--device", "cpu",
+                         "--quiet", "--lesion-weight", "0"]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == ["error: lesion weight 0.0: must be above 0"]
+    assert not (tmp_path / "out").exists()
+
+
 def middle_third(x):
     """Coarse oracle: the 'kidney region' is the middle third of each axis (a plausible few litres)."""
     inside = torch.zeros_like(x)
@@ -221,7 +257,7 @@ def test_output_geometry_and_position_on_real_ct(shared_data, relative):
     image = read_image(shared_data / relative)
     plans = paper_plans(cysts=False)
     bone = lambda x: torch.cat([(x <= 0.5).float(), -torch.ones_like(x), (x > 0.5).float()], 1) * 20  # noqa: E731
-    predictor = Predictor(plans, [middle_third], [bone])
+    predictor = Predictor(plans, [middle_third], [bone], postprocess=PLAIN_ARGMAX)
     out = predictor.predict(image)
     assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
            (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())

@@ -2,8 +2,8 @@
 
 Each model saved, per case, the fine probabilities of its VOIs on the original grid.
 Boxes that overlap across models form one kidney cluster; inside a cluster every model's
-probabilities are averaged (outside its own boxes a model says background), then argmax
-and per-cluster postprocessing; the coarse masks are not saved, so the kept kidney component
+probabilities are averaged (outside its own boxes a model says background), then the class
+decision (lesions weighted, `kitsseg.postprocessing`) and per-cluster postprocessing; the coarse masks are not saved, so the kept kidney component
 is the largest.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kitsseg.boxes import box_from_list, box_to_list
 from kitsseg.errors import KitssegError
 from kitsseg.io import CaseProperties, save_label_map
 from kitsseg.labels import ClassMap
-from kitsseg.postprocessing import PostprocessConfig, postprocess
+from kitsseg.postprocessing import PostprocessConfig, decide_classes, postprocess
 
 SUFFIX = "_probabilities"
 
@@ -86,7 +86,7 @@ def ensemble_case(folders: list[Path], case_id: str, config: PostprocessConfig) 
                     local = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, cluster))
                     own[(slice(None), *local)] = probabilities
             total += own
-        labels[cluster] = postprocess(total.argmax(0).astype(np.uint8), config)
+        labels[cluster] = postprocess(decide_classes(total, config), config)
     return classes.to_label_values(labels), props
 
 

@@ -36,7 +36,7 @@ from kitsseg.kidney_sides import body_midline_x
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
                             network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
-from kitsseg.postprocessing import PostprocessConfig, postprocess
+from kitsseg.postprocessing import PostprocessConfig, class_weight, postprocess
 from kitsseg.preprocessing import normalise
 from kitsseg.resampling import resample, shape_at_spacing
 
@@ -139,14 +139,14 @@ class Predictor:
             held_bytes += network_stage_bytes(crop_hu.shape, image.shape, fine.num_classes)
             return self._probabilities(self.fine_models, fine, image, held_bytes)
 
-    @staticmethod
-    def labels_on_grid(probabilities: np.ndarray, shape, window: Box | None = None) -> np.ndarray:
-        """Argmax of the probabilities resampled to `shape` (only its `window`, when given), one
-        class at a time (lean on memory)."""
+    def labels_on_grid(self, probabilities: np.ndarray, shape, window: Box | None = None) -> np.ndarray:
+        """The class decision (`postprocessing.decide_classes`: lesions weighted) on the probabilities
+        resampled to `shape` (only its `window`, when given), one class at a time (lean on memory)."""
         best_score = resample(probabilities[0], shape, window)
         best = np.zeros(best_score.shape, np.uint8)
         for c in range(1, len(probabilities)):
             score = resample(probabilities[c], shape, window)
+            score *= class_weight(c, self.postprocess)
             better = score > best_score
             best[better] = c
             np.maximum(best_score, score, out=best_score)
