@@ -125,8 +125,8 @@ def _add_lesion_weight(parser: argparse.ArgumentParser, default_note: str, defau
 
     parser.add_argument("--lesion-weight", type=float, metavar="W", default=LESION_WEIGHT if default else None,
                         help="factor of the tumour and cyst probabilities in the class decision (1 = plain argmax; "
-                             f"higher calls more lesion; default: {default_note}{LESION_WEIGHT:g}, chosen on a "
-                             "validation split)")
+                             f"higher calls more lesion: faint and partly found tumours grow, well-found ones get "
+                             f"wider edges; default: {default_note}{LESION_WEIGHT:g})")
 
 
 def _add_memory_budget(parser: argparse.ArgumentParser, note: str) -> None:

@@ -81,7 +81,8 @@ def run_crossval(paths: DatasetPaths, folds: Sequence[str] | None = None, device
             link.symlink_to(case.label.resolve())
     summaries = {name: evaluate_folders(references, folder, folder, "all", quiet) for name, folder in folders.items()}
     keep = decide_postprocessing(summaries["unprocessed"], summaries["postprocessed"])
-    decision = {"keep_largest_kidney_component": keep, "lesion_weight": predictor.postprocess.lesion_weight, "folds": folds,
+    decision = {"keep_largest_kidney_component": keep, "lesion_weight": predictor.postprocess.lesion_weight,
+                "folds": folds,
                 "mean_dice_unprocessed": {c: summaries["unprocessed"]["mean"][c] for c in DICE_COLUMNS},
                 "mean_dice_postprocessed": {c: summaries["postprocessed"]["mean"][c] for c in DICE_COLUMNS}}
     write_json(decision, paths.results / "postprocessing.json")

@@ -69,14 +69,17 @@ def read_run_record(out_dir: Path) -> dict | None:
 
 
 def labels_difference(previous: dict, current: dict) -> str | None:
-    """The first thing that makes two runs' label maps differ (plans, folds, checkpoints, --tta,
-    --no-postprocess), named for an error message, else None."""
+    """The first thing that makes two runs' label maps differ (plans, folds, checkpoints, the lesion
+    weight used, --tta, --no-postprocess), named for an error message, else None."""
     if previous.get("plans_sha256") != current["plans_sha256"]:
         return "plans"
     if previous.get("folds") != current["folds"]:
         return f"folds ({', '.join(map(str, previous.get('folds') or []))} before, {', '.join(current['folds'])} now)"
     if [c.get("sha256") for c in previous.get("checkpoints", [])] != [c["sha256"] for c in current["checkpoints"]]:
         return "checkpoints"
+    before, now = (record.get("arguments", {}).get("lesion_weight_used", 1.0) for record in (previous, current))
+    if before != now:  # runs before the weighted decision recorded none: they took the plain argmax
+        return f"lesion weight ({before:g} before, {now:g} now)"
     for name in SETTINGS_THAT_CHANGE_LABELS:
         before, now = previous.get("arguments", {}).get(name), current["arguments"].get(name)
         if bool(before) != bool(now):

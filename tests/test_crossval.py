@@ -62,7 +62,8 @@ def test_crossval_writes_pooled_evaluation_and_decision(two_folds):
     assert predictor.postprocess.keep_largest_kidney_component == decision["keep_largest_kidney_component"]
     # kits_predict follows a decision written by hand, too
     (two_folds.results / "postprocessing.json").write_text(json.dumps({"keep_largest_kidney_component": False}))
-    assert Predictor.from_model_dir(two_folds.results, device="cpu").postprocess == PostprocessConfig(False, LESION_WEIGHT)
+    written_by_hand = Predictor.from_model_dir(two_folds.results, device="cpu").postprocess
+    assert written_by_hand == PostprocessConfig(False, LESION_WEIGHT)  # no weight in the file: the default
     (two_folds.results / "postprocessing.json").write_text(json.dumps({"keep_largest_kidney_component": True,
                                                                        "lesion_weight": 1.5}))
     assert Predictor.from_model_dir(two_folds.results, device="cpu").postprocess == PostprocessConfig(True, 1.5)
@@ -205,15 +206,15 @@ def test_ensemble_is_the_average_of_both_folders(tmp_path):
                         (b_only, probabilities((1, 3, 3), (0.2, 0.8, 0.0), (0.2, 0.8, 0.0)))],
                        props, classes, tmp_path / "b", "case")
     assert ensemble_main(["-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out"),
-                          "--no-postprocess", "--lesion-weight", "1", "--quiet"]) == 0
+                          "--no-postprocess", "--quiet"]) == 0
     expected = np.zeros((6, 8, 10), np.uint8)
     expected[1:5, 1:7, 5:9] = 2  # right half: (0.2, 0.25, 0.55); left half (0.4, 0.3, 0.3): background
     # b_only: (0.6, 0.4, 0) with the first folder's background there: background
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz")))
     np.testing.assert_array_equal(got, expected)
-    # the default lesion weight (3): the left half's tumour 0.3 x 3 = 0.9 beats background's 0.4
+    # lesion weight 3: the left half's tumour 0.3 x 3 = 0.9 beats background's 0.4
     assert ensemble_main(["-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "weighted"),
-                          "--no-postprocess", "--quiet"]) == 0
+                          "--no-postprocess", "--lesion-weight", "3", "--quiet"]) == 0
     expected[1:5, 1:7, 1:5] = 2
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "weighted" / "case.nii.gz")))
     np.testing.assert_array_equal(got, expected)

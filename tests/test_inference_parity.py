@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from kitsseg.inference.predictor import Predictor
 from kitsseg.memory import GB, MemoryBudget
 from kitsseg.planning import FINE
-from tests.test_predictor import PLAIN_ARGMAX, coarse_oracle, dice, encoded_image, fine_oracle, paper_plans
+from tests.test_predictor import coarse_oracle, dice, encoded_image, fine_oracle, paper_plans
 
 BEFORE = {  # 459250e's kitsseg (np.take resampling, half-overlap 96^3 tiles), its normalise() rounding HU first
     "kits19/case_00004": ([16656817, 115653, 4746, 0],
@@ -54,7 +54,7 @@ def oracle_labels(shared_data, relative: str, memory: MemoryBudget | None = None
         return fine(x)
 
     seg = sitk.ReadImage(str(shared_data / relative / "segmentation.nii.gz"))
-    predictor = Predictor(plans, [coarse_oracle], [counted], memory=memory, postprocess=PLAIN_ARGMAX)
+    predictor = Predictor(plans, [coarse_oracle], [counted], memory=memory)
     if context_mm == 0.0:  # the VOI as the fingerprints' code passed it: not grown to the stride either
         predictor._with_context = lambda box, shape, spacing_mm: box
     return predictor.predict(encoded_image(seg)), calls

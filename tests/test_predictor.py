@@ -25,9 +25,6 @@ from kitsseg.postprocessing import LESION_WEIGHT, PostprocessConfig
 from kitsseg.provenance import plans_hash
 
 LEVEL_HU = 150.0  # label L is painted as L * 150 - 150 HU: inside the [-200, 500] window
-# the oracles' probabilities are exact, so the cascade's geometry is checked with the plain argmax
-# (the default weights lesions for trained nets, which under-call them)
-PLAIN_ARGMAX = PostprocessConfig(lesion_weight=1.0)
 
 
 def paper_plans(cysts=True):
@@ -70,8 +67,7 @@ def dice(a, b):
 def test_oracle_cascade_returns_the_ground_truth(shared_data, relative):
     seg = sitk.ReadImage(str(shared_data / relative / "segmentation.nii.gz"))
     plans = paper_plans()
-    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(plans.stage(FINE).num_classes)],
-                          postprocess=PLAIN_ARGMAX)
+    predictor = Predictor(plans, [coarse_oracle], [fine_oracle(plans.stage(FINE).num_classes)])
     out = predictor.predict(encoded_image(seg))
     assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
            (seg.GetSize(), seg.GetSpacing(), seg.GetOrigin(), seg.GetDirection())
@@ -124,8 +120,8 @@ def test_no_kidney_gives_an_empty_map():
 
 def test_lesion_probabilities_are_weighted_in_the_class_decision():
     """A fine 'network' that gives the kidney block (background, kidney, tumour) = (0.05, 0.65, 0.30):
-    plain argmax calls it kidney, the default weight (0.30 x 3 = 0.90 > 0.65) tumour; background
-    stays (0.98 against 0.01 x 3)."""
+    the default (plain argmax) calls it kidney, a lesion weight of 3 (0.30 x 3 = 0.90 > 0.65) tumour;
+    background stays (0.98 against 0.01 x 3)."""
     hu = np.full((40, 40, 40), -LEVEL_HU, np.int16)
     hu[12:28, 14:26, 14:26] = 0  # one 'kidney' for the coarse oracle
 
@@ -136,11 +132,11 @@ def test_lesion_probabilities_are_weighted_in_the_class_decision():
         return torch.log(p)
 
     block = hu == 0
-    for config, inside_label in ((PostprocessConfig(), 2), (PLAIN_ARGMAX, 1)):
+    for config, inside_label in ((PostprocessConfig(lesion_weight=3.0), 2), (PostprocessConfig(), 1)):
         labels = Predictor(paper_plans(cysts=False), [coarse_oracle], [fine], postprocess=config).predict_array(
             hu, (2.0, 2.0, 2.0)).labels
         assert dice(labels == inside_label, block) > 0.9 and not labels[~block].any()
-    assert PostprocessConfig().lesion_weight == LESION_WEIGHT == 3.0
+    assert PostprocessConfig().lesion_weight == LESION_WEIGHT == 1.0
 
 
 def test_coarse_mask_in_box_repeats_each_coarse_voxel_over_the_original_voxels_it_covers():
@@ -257,7 +253,7 @@ def test_output_geometry_and_position_on_real_ct(shared_data, relative):
     image = read_image(shared_data / relative)
     plans = paper_plans(cysts=False)
     bone = lambda x: torch.cat([(x <= 0.5).float(), -torch.ones_like(x), (x > 0.5).float()], 1) * 20  # noqa: E731
-    predictor = Predictor(plans, [middle_third], [bone], postprocess=PLAIN_ARGMAX)
+    predictor = Predictor(plans, [middle_third], [bone])
     out = predictor.predict(image)
     assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
            (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
@@ -346,8 +342,8 @@ def test_predict_command_mirrors_only_with_tta(tmp_path, tiny_models, phantom_ra
 
 
 def test_predict_command_keeps_outputs_only_from_the_same_model(tmp_path, tiny_models, phantom_raw, capsys):
-    """A rerun into the same folder keeps existing outputs; with other checkpoints or --tta it stops with one
-    line naming the difference and leaves the folder as it was; --overwrite redoes the cases."""
+    """A rerun into the same folder keeps existing outputs; with other checkpoints, lesion weight or --tta it
+    stops with one line naming the difference and leaves the folder as it was; --overwrite redoes the cases."""
     import shutil
 
     from kitsseg.cli import predict_main
@@ -364,6 +360,8 @@ def test_predict_command_keeps_outputs_only_from_the_same_model(tmp_path, tiny_m
     record = (out / "kitsseg_run.json").read_bytes()
     assert predict_main([*command, "--tta"]) == 1
     assert "made with other --tta (off before, on now); pass --overwrite" in capsys.readouterr().err
+    assert predict_main([*command, "--lesion-weight", "2"]) == 1
+    assert "made with other lesion weight (1 before, 2 now); pass --overwrite" in capsys.readouterr().err
     fine = models / "3d_fine" / "fold_0" / "checkpoint_final.pt"
     state = torch.load(fine, weights_only=True)
     state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}

@@ -3,8 +3,8 @@
 Each model saved, per case, the fine probabilities of its VOIs on the original grid.
 Boxes that overlap across models form one kidney cluster; inside a cluster every model's
 probabilities are averaged (outside its own boxes a model says background), then the class
-decision (lesions weighted, `kitsseg.postprocessing`) and per-cluster postprocessing; the coarse masks are not saved, so the kept kidney component
-is the largest.
+decision (lesions weighted, `kitsseg.postprocessing`) and per-cluster postprocessing; the coarse
+masks are not saved, so the kept kidney component is the largest.
 """
 from __future__ import annotations
 

@@ -182,7 +182,8 @@ def predict_inputs(predictor: Predictor, source: Path, out_dir: Path, overwrite:
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir)  # a killed run's partial files are never taken as outputs
     record = run_record(predictor.plans, predictor.folds, predictor.checkpoints,
-                        {**(arguments or {}), "precision_used": predictor.engine.precision})
+                        {**(arguments or {}), "precision_used": predictor.engine.precision,
+                         "lesion_weight_used": predictor.postprocess.lesion_weight})
     if not overwrite:
         kept = _outputs_to_keep(out_dir, [case_id for case_id, _ in inputs], record)
         if kept:
