@@ -146,7 +146,9 @@ class Predictor:
         best = np.zeros(best_score.shape, np.uint8)
         for c in range(1, len(probabilities)):
             score = resample(probabilities[c], shape, window)
-            score *= class_weight(c, self.postprocess)
+            weight = class_weight(c, self.postprocess)
+            if weight != 1.0:  # the default decision is the plain argmax: no pass over the grid
+                score *= weight
             better = score > best_score
             best[better] = c
             np.maximum(best_score, score, out=best_score)
