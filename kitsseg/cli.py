@@ -247,28 +247,32 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from kitsseg.inference.predictor import Predictor
     from kitsseg.inference.run import predict_inputs
     from kitsseg.memory import MemoryBudget
-    from kitsseg.postprocessing import LESION_WEIGHT, PostprocessConfig
+    from kitsseg.postprocessing import PostprocessConfig
 
     from kitsseg.deploy.bundle import is_bundle, predictor_from_bundle
 
     model_dir = Path(args.model_dir) if args.model_dir else _dataset_paths(args).results
-    postprocess = None  # postprocessing.json's (the bundle's), else the default
-    if args.no_postprocess or args.lesion_weight is not None:
-        weight = LESION_WEIGHT if args.lesion_weight is None else args.lesion_weight
-        postprocess = PostprocessConfig(not args.no_postprocess, weight)
+    # the flags override postprocessing.json's (the bundle's) decision field by field
+    overrides = {} if args.lesion_weight is None else {"lesion_weight": args.lesion_weight}
+    if args.no_postprocess:
+        overrides["keep_largest_kidney_component"] = False
+    PostprocessConfig(**overrides)  # a bad value stops here, before any model loads
     memory = MemoryBudget.resolve(args.memory_gb)
     if is_bundle(model_dir):
-        predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, postprocess,
+        predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, None,
                                           memory, args.precision)
     elif args.engine != "torch":
         raise KitssegError(f"{model_dir}: --engine {args.engine} runs a model bundle (-m model.kitsseg.zip, "
                            "written by kits_export), not a model folder")
     else:
-        predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, postprocess, memory,
+        predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, None, memory,
                                              args.precision)
+    predictor.postprocess = replace(predictor.postprocess, **overrides)
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
                             args.save_probabilities, args.overlays, _arguments(args), args.profile,
                             args.output_format)

@@ -240,6 +240,29 @@ def test_predict_command_refuses_a_lesion_weight_of_zero(tmp_path, tiny_models, 
     assert not (tmp_path / "out").exists()
 
 
+
+def test_predict_command_flags_override_postprocessing_json_field_by_field(tmp_path, tiny_models, monkeypatch):
+    """--no-postprocess turns off the component filter and keeps postprocessing.json's lesion weight;
+    --lesion-weight replaces the weight and keeps the file's component decision."""
+    import shutil
+
+    import kitsseg.inference.run
+    from kitsseg.cli import predict_main
+    from kitsseg.postprocessing import PostprocessConfig
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    (models / "postprocessing.json").write_text(
+        json.dumps({"keep_largest_kidney_component": True, "lesion_weight": 2.5}))
+    used = []
+    monkeypatch.setattr(kitsseg.inference.run, "predict_inputs",
+                        lambda predictor, *args: used.append(predictor.postprocess) or 0)
+    for flags in ([], ["--no-postprocess"], ["--lesion-weight", "1.5"], ["--no-postprocess", "--lesion-weight", "1"]):
+        assert predict_main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(models), "--device", "cpu",
+                             "--quiet", *flags]) == 0
+    assert used == [PostprocessConfig(True, 2.5), PostprocessConfig(False, 2.5), PostprocessConfig(True, 1.5),
+                    PostprocessConfig(False, 1.0)]
+
 def middle_third(x):
     """Coarse oracle: the 'kidney region' is the middle third of each axis (a plausible few litres)."""
     inside = torch.zeros_like(x)
