@@ -157,8 +157,10 @@ def test_splits_are_five_seeded_folds(tmp_path):
         assert set(fold["train"]) | set(fold["val"]) == set(ids) and not set(fold["train"]) & set(fold["val"])
     path = tmp_path / "splits_final.json"
     assert load_or_create_splits(path, ids) == splits
-    with pytest.warns(UserWarning, match="keeping the file"):
+    with pytest.warns(UserWarning, match="cover 10 of the dataset's 10 cases and list 2 it lacks; keeping the file"):
         assert load_or_create_splits(path, ids[:10]) == splits  # never silently changed
+    with pytest.warns(UserWarning, match="cover 12 of the dataset's 13 cases; keeping the file"):
+        assert load_or_create_splits(path, [*ids, "case_00099"]) == splits
     hand_made = [{"train": ids[2:], "val": ids[:2]}] + [{"train": ids[:2], "val": ids[2:]}]
     path.write_text(json.dumps(hand_made))
     before = path.read_bytes()

@@ -46,8 +46,10 @@ def load_or_create_splits(path: Path, case_ids: Sequence[str]) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise KitssegError(f"{path}: invalid splits ({exc})") from None
         if listed != set(case_ids):
-            warnings.warn(f"{path}: splits list {len(listed)} cases but the dataset has {len(case_ids)}; "
-                          "keeping the file (delete it to make new splits)")
+            lacking = len(listed - set(case_ids))
+            warnings.warn(f"{path}: the folds' validation sets cover {len(listed & set(case_ids))} of the "
+                          f"dataset's {len(set(case_ids))} cases" + (f" and list {lacking} it lacks" if lacking else "")
+                          + "; keeping the file (delete it to make new splits)")
         return splits
     splits = make_splits(case_ids)
     write_json(splits, path)
