@@ -264,14 +264,14 @@ def _predict(args: argparse.Namespace) -> int:
     PostprocessConfig(**overrides)  # a bad value stops here, before any model loads
     memory = MemoryBudget.resolve(args.memory_gb)
     if is_bundle(model_dir):
-        predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, None,
-                                          memory, args.precision)
+        predictor = predictor_from_bundle(model_dir, args.engine, args.folds, args.device, args.tta, memory=memory,
+                                          precision=args.precision)
     elif args.engine != "torch":
         raise KitssegError(f"{model_dir}: --engine {args.engine} runs a model bundle (-m model.kitsseg.zip, "
                            "written by kits_export), not a model folder")
     else:
-        predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, None, memory,
-                                             args.precision)
+        predictor = Predictor.from_model_dir(model_dir, args.folds, args.device, args.tta, memory=memory,
+                                             precision=args.precision)
     predictor.postprocess = replace(predictor.postprocess, **overrides)
     failed = predict_inputs(predictor, Path(args.input), Path(args.output), args.overwrite, args.quiet,
                             args.save_probabilities, args.overlays, _arguments(args), args.profile,

@@ -71,6 +71,7 @@ def test_crossval_writes_pooled_evaluation_and_decision(two_folds):
                                                                        "lesion_weight": 0}))
     with pytest.raises(KitssegError, match="lesion weight 0.0: must be above 0"):
         Predictor.from_model_dir(two_folds.results, device="cpu")
+    (two_folds.results / "postprocessing.json").write_text(json.dumps(decision))  # the module's later tests read it
 
 
 def _predict(paths, out, *extra):
