@@ -45,10 +45,11 @@ def load_or_create_splits(path: Path, case_ids: Sequence[str]) -> list[dict]:
             listed = {c for fold in splits for c in fold["val"]}
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise KitssegError(f"{path}: invalid splits ({exc})") from None
-        if listed != set(case_ids):
-            lacking = len(listed - set(case_ids))
-            warnings.warn(f"{path}: the folds' validation sets cover {len(listed & set(case_ids))} of the "
-                          f"dataset's {len(set(case_ids))} cases" + (f" and list {lacking} it lacks" if lacking else "")
+        dataset = set(case_ids)
+        if listed != dataset:
+            lacking = len(listed - dataset)
+            warnings.warn(f"{path}: the folds' validation sets cover {len(listed & dataset)} of the dataset's "
+                          f"{len(dataset)} cases" + (f" and list {lacking} it lacks" if lacking else "")
                           + "; keeping the file (delete it to make new splits)")
         return splits
     splits = make_splits(case_ids)
