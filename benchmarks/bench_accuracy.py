@@ -164,9 +164,17 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
     return [item for flag in flags for item in flag]
 
 
+def preprocess_command(args: argparse.Namespace, common: list) -> list:
+    """kits_plan_and_preprocess with the preset, and `--normalization` only when one was asked for."""
+    normalization = ["--normalization", args.normalization] if args.normalization else []
+    return ["kits_plan_and_preprocess", *common, "--preset", args.preset, *normalization, "-np", args.workers,
+            "--quiet"]
+
+
 def used_recipe(root: Path, args: argparse.Namespace) -> dict:
     """The recipe each stage was trained with, as its train_config.json recorded it."""
-    return {"recipe": {"preset": Path(args.preset).name, **{
+    plans = json.loads((root / "preprocessed" / DATASETS[args.dataset].name / "plans.json").read_text())
+    return {"recipe": {"preset": Path(args.preset).name, "normalization": plans["intensity"]["scheme"], **{
         stage: {k: v for k, v in json.loads((root / "results" / DATASETS[args.dataset].name / stage / "fold_all" /
                                              "train_config.json")
                                             .read_text()).items() if k not in ("stage", "fold", "device")}
@@ -176,8 +184,7 @@ def used_recipe(root: Path, args: argparse.Namespace) -> dict:
 def kitsseg(workdir: Path, args: argparse.Namespace) -> dict:
     root = workdir / "kitsseg_data"
     common = ["--data-root", root, "-d", DATASETS[args.dataset].name]
-    run(["kits_plan_and_preprocess", *common, "--preset", args.preset, "-np", args.workers, "--quiet"],
-        workdir / "kitsseg_preprocess.log")
+    run(preprocess_command(args, common), workdir / "kitsseg_preprocess.log")
     trained = 0.0
     for stage in ("3d_coarse", "3d_fine"):
         shutil.rmtree(root / "results" / DATASETS[args.dataset].name / stage / "fold_all", ignore_errors=True)
@@ -263,6 +270,9 @@ def main() -> None:
     parser.add_argument("-np", "--workers", type=int, default=2, help="processes for rendering, preprocessing "
                         "and data augmentation, the same for every method (default: 2)")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"), help="kitsseg preset")
+    parser.add_argument("--normalization", choices=["window", "percentile"],
+                        help="kitsseg: CT normalisation (default: the preset's; a workdir holds one cache, so "
+                             "another normalisation needs its own --workdir)")
     parser.add_argument("--coarse-share", type=float, help="kitsseg: budget share of the coarse stage (default: the "
                         "preset's, from its stages' time_budget_min; 0.25 for a preset that trains by epochs)")
     recipe = "(default: the preset's recipe in plans.json)"

@@ -28,9 +28,9 @@ from kitsseg.network.vbnet import parameter_megabytes  # noqa: E402
 from kitsseg.paths import DatasetPaths  # noqa: E402
 from kitsseg.planning import STAGES, load_plans  # noqa: E402
 from kitsseg.training.data import make_batches  # noqa: E402
-from kitsseg.training.loss import SegmentationLoss  # noqa: E402
 from kitsseg.training.sampling import CropSampler, load_stage_volumes  # noqa: E402
-from kitsseg.training.trainer import TrainConfig, _to_tensors, build_network, build_optimizer  # noqa: E402
+from kitsseg.training.trainer import (TrainConfig, _to_tensors, build_loss, build_network,  # noqa: E402
+                                     build_optimizer)
 
 
 def _phantom_dataset(workdir: Path) -> DatasetPaths:
@@ -55,7 +55,7 @@ def _loader_rate(batches, seconds: float) -> float:
 def _step_rate(stage, config: TrainConfig, batches, device: torch.device, seconds: float) -> tuple[float, float]:
     network = build_network(stage, device).train()
     optimizer = build_optimizer(network, config)
-    loss_fn = SegmentationLoss(config.loss)
+    loss_fn = build_loss(config)
     dtype = autocast_dtype(device, config.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     batch = _to_tensors(next(batches), device)

@@ -13,7 +13,8 @@ recipes only.
 
 Variants are recipe flags of kits_train (VARIANTS) or changes of the fine network in plans.json
 (NETWORK_VARIANTS, written for the run and restored after it); `--tta` predicts with test-time mirroring;
-`--preset` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing 1.0 mm).
+`--preset` or `--normalization` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing
+1.0 mm, entry 23).
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
-NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16}}
+NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
+                    "deep_supervision": {"deep_supervision_levels": 2}}
 
 
-def prepare(workdir: Path, preset: str, workers: int) -> Path:
+def prepare(workdir: Path, preset: str, workers: int, normalization: str | None = None) -> Path:
     """Rendered cases, the raw training dataset, its preprocessing, fold 0 and the validation folder;
     returns the data root."""
     rendered = render(workdir, TRAIN_CASES + EXTRA_VALIDATION_CASES, workers, DATASETS["kits19"].labels_root)
@@ -48,7 +50,7 @@ def prepare(workdir: Path, preset: str, workers: int) -> Path:
                 (source / case).symlink_to((rendered / case).resolve())
         run(["kits_convert", "kits", source, "--data-root", root, "-d", "KiTS19", "--quiet"], workdir / "convert.log")
     run(["kits_plan_and_preprocess", "--data-root", root, "-d", "KiTS19", "--preset", preset, "-np", workers,
-         "--quiet"], workdir / "preprocess.log")
+         *(["--normalization", normalization] if normalization else []), "--quiet"], workdir / "preprocess.log")
     (root / "preprocessed" / "KiTS19" / "splits_final.json").write_text(
         json.dumps([{"train": TRAIN_CASES[:24], "val": VALIDATION_CASES}], indent=1))
     for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES:
@@ -107,12 +109,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"),
                         help="plans preset (another fine spacing needs its own --workdir: the cache is built once)")
+    parser.add_argument("--normalization", choices=["window", "percentile"],
+                        help="CT normalisation (default: the preset's); both stages see it, so --coarse-model must "
+                             "be trained on it, and the cache needs its own --workdir")
     parser.add_argument("--tta", action="store_true", help="predict with kits_predict --tta")
     parser.add_argument("-np", "--workers", type=int, default=2)
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    root = prepare(workdir, args.preset, args.workers)
+    root = prepare(workdir, args.preset, args.workers, args.normalization)
     results = workdir / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     for seed in args.seeds:

@@ -60,7 +60,9 @@ class IntensityConfig:
 class NetworkConfig:
     """VB-Net topology: a stem conv, down blocks (stride-2 conv + residual units), up blocks
     (transposed conv + skip concatenation + residual units), 1x1x1 head. Residual units
-    with at least `bottleneck_min_channels` channels are bottlenecks (C -> C/4 -> C)."""
+    with at least `bottleneck_min_channels` channels are bottlenecks (C -> C/4 -> C). With
+    `deep_supervision_levels` L > 0 the L up blocks above the last also get a 1x1x1 head, whose
+    logits (at 1/2, 1/4, ... resolution) join the training loss; inference uses the last head only."""
 
     in_channels: int = 1
     num_classes: int = 2
@@ -70,6 +72,7 @@ class NetworkConfig:
     up_channels: tuple[int, ...] = (256, 128, 64, 32)
     up_blocks: tuple[int, ...] = (3, 3, 2, 1)
     bottleneck_min_channels: int = 64
+    deep_supervision_levels: int = 0
 
     @property
     def stride(self) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_accuracy import RECIPE_FLAGS, recipe_flags  # noqa: E402
+from bench_accuracy import RECIPE_FLAGS, preprocess_command, recipe_flags  # noqa: E402
 
 
 def _args(preset: str, budget_min: float = 45.0, coarse_share: float | None = None, **recipe) -> argparse.Namespace:
@@ -46,3 +46,11 @@ def test_preset_training_by_epochs_gives_the_coarse_stage_a_quarter():
 def test_recipe_flags_are_passed_through():
     flags = recipe_flags(_args("cpu.json", lr=1e-2, loss="crop_dice_ce"), "3d_fine")
     assert flags == ["--lr", 1e-2, "--loss", "crop_dice_ce"]
+
+
+@pytest.mark.parametrize("normalization, expected", [(None, []), ("percentile", ["--normalization", "percentile"])])
+def test_normalization_is_passed_to_preprocessing_only_when_asked_for(normalization, expected):
+    args = argparse.Namespace(preset="cpu.json", normalization=normalization, workers=2)
+    command = preprocess_command(args, ["--data-root", "root"])
+    assert command == ["kits_plan_and_preprocess", "--data-root", "root", "--preset", "cpu.json", *expected,
+                       "-np", 2, "--quiet"]

@@ -68,3 +68,22 @@ def test_command_line_offers_every_loss(capsys):
     with pytest.raises(SystemExit):
         train_main(["3d_fine", "0", "--loss", "none"])
     assert f"choose from {', '.join(map(repr, LOSSES))}" in capsys.readouterr().err
+
+
+def test_deep_supervision_loss_weighs_levels_by_resolution_on_subsampled_labels():
+    from kitsseg.training.loss import DeepSupervisionLoss
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 8, 8, 8))
+    full, half, quarter = torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 2, 2, 2)
+    inner = SegmentationLoss("gdice_ce")
+    # level k scores labels[..., 2^k / 2 :: 2^k] (nearest neighbour); weights 1, 1/2, 1/4 over 7/4
+    expected = (inner(full, labels) + 0.5 * inner(half, labels[:, 1::2, 1::2, 1::2])
+                + 0.25 * inner(quarter, labels[:, 2::4, 2::4, 2::4])) / 1.75
+    loss = DeepSupervisionLoss(inner)
+    assert loss([full, half, quarter], labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss(full, labels).item() == pytest.approx(inner(full, labels).item(), rel=1e-6)
+    # perfect logits at every level give 0
+    perfect = [one_hot(labels[:, s // 2::s, s // 2::s, s // 2::s], 3) * 100.0 for s in (1, 2, 4)]
+    assert loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="level 1"):
+        loss([full, quarter], labels)

@@ -53,6 +53,25 @@ def test_training_writes_everything_and_learns(tiny_dataset, tmp_path, stage):
     assert summary["stage"] == stage and len(summary["per_volume"]) >= 1
 
 
+def test_deep_supervision_planned_in_plans_trains_and_predicts_with_the_full_resolution_head(tiny_dataset, tmp_path):
+    paths = fresh_copy(tiny_dataset, tmp_path)
+    plans = json.loads(paths.plans.read_text())
+    plans["stages"]["3d_fine"]["network"]["deep_supervision_levels"] = 2
+    paths.plans.write_text(json.dumps(plans))
+    config = TrainConfig(stage="3d_fine", fold="0", epochs=4, iters_per_epoch=8, val_iters=2, lr=3e-3,
+                         device="cpu", num_workers=0, augment_strength=0.0)
+    out = train(paths, config, quiet=True)
+    log = read_log(out / "training_log.csv")
+    assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
+    state = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert {"aux_heads.0.weight", "aux_heads.1.weight"} <= set(state["state_dict"])
+    network, _, stage_plan = network_from_checkpoint(out / "checkpoint_final.pt")
+    side = stage_plan.network.stride
+    with torch.no_grad():
+        logits = network.eval()(torch.zeros(1, 1, side, side, side))
+    assert logits.shape == (1, stage_plan.num_classes, side, side, side)
+
+
 def test_training_with_augmentation_workers(tiny_dataset, tmp_path):
     paths = fresh_copy(tiny_dataset, tmp_path)
     config = TrainConfig(stage="3d_fine", fold="all", epochs=1, iters_per_epoch=3, val_iters=1,

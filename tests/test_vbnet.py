@@ -74,3 +74,18 @@ def test_batch_norm_matches_torch_in_channels_last_with_gradients_in_the_input_l
         results.append((out, leaf.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var))
     for reference, ours in zip(*results):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_deep_supervision_returns_half_and_quarter_resolution_logits_in_training_only():
+    config = NetworkConfig(num_classes=3, stem_channels=4, down_channels=(8, 16, 32, 64),
+                           up_channels=(64, 32, 16, 8), bottleneck_min_channels=16, deep_supervision_levels=2)
+    network = VBNet(config)
+    plain = VBNet(NetworkConfig(**{**config.__dict__, "deep_supervision_levels": 0}))
+    # two 1x1x1 heads on the 16- and 32-channel up blocks: (16 + 1) * 3 + (32 + 1) * 3 parameters more
+    assert sum(p.numel() for p in network.parameters()) - sum(p.numel() for p in plain.parameters()) == 150
+    outputs = network.train()(torch.zeros(2, 1, 32, 48, 16))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 48, 16), (2, 3, 16, 24, 8), (2, 3, 8, 12, 4)]
+    with torch.no_grad():
+        assert network.eval()(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="deep_supervision_levels"):
+        VBNet(NetworkConfig(**{**config.__dict__, "deep_supervision_levels": 4}))

@@ -117,15 +117,27 @@ class VBNet(nn.Module):
         self.ups = nn.ModuleList(UpBlock(i, s, o, n, config)
                                  for i, s, o, n in zip(ins, skips, config.up_channels, config.up_blocks))
         self.head = nn.Conv3d(config.up_channels[-1], config.num_classes, 1)
+        levels = config.deep_supervision_levels
+        if not 0 <= levels < len(config.up_channels):
+            raise ValueError(f"deep_supervision_levels must be 0-{len(config.up_channels) - 1}, got {levels}")
+        self.aux_heads = nn.ModuleList(nn.Conv3d(config.up_channels[-2 - i], config.num_classes, 1)
+                                       for i in range(levels))  # aux_heads[i]: 1 / 2^(i+1) resolution
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits; in training with deep supervision, [full, 1/2, 1/4, ...] resolution logits."""
         features = [self.stem(x)]
         for down in self.downs:
             features.append(down(features[-1]))
         x = features.pop()
-        for up in self.ups:
+        supervised = self.training and len(self.aux_heads) > 0
+        outputs = []
+        for level, up in enumerate(self.ups):
             x = up(x, features)
-        return self.head(x)
+            aux = len(self.ups) - 2 - level  # index of this level's aux head
+            if supervised and 0 <= aux < len(self.aux_heads):
+                outputs.insert(0, self.aux_heads[aux](x))
+        logits = self.head(x)
+        return [logits, *outputs] if supervised else logits
 
 
 def build_network(config: NetworkConfig) -> VBNet:

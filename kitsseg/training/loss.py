@@ -66,3 +66,27 @@ class SegmentationLoss(torch.nn.Module):
         if self.kind != "gdice":
             loss = loss + F.cross_entropy(logits.float(), labels.long())
         return loss
+
+
+class DeepSupervisionLoss(torch.nn.Module):
+    """`loss` over [full, 1/2, 1/4, ...] resolution logits with weights 1, 1/2, 1/4, ... (normalised
+    to sum 1, as nnU-Net weighs them); each level's labels are the full labels subsampled by nearest
+    neighbour (every 2^k-th voxel, offset 2^k / 2). A single tensor is scored as `loss` alone."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.loss(logits, labels)
+        weights = [0.5 ** level for level in range(len(logits))]
+        total = 0.0
+        for level, (level_logits, weight) in enumerate(zip(logits, weights)):
+            step = 2 ** level
+            level_labels = labels[(slice(None), *[slice(step // 2, None, step)] * (labels.ndim - 1))]
+            if level_labels.shape[1:] != level_logits.shape[2:]:
+                raise ValueError(f"level {level}: logits {tuple(level_logits.shape[2:])} against labels "
+                                 f"{tuple(level_labels.shape[1:])}")
+            total = total + weight * self.loss(level_logits, level_labels)
+        return total / sum(weights)

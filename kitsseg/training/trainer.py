@@ -28,7 +28,7 @@ from kitsseg.paths import DatasetPaths
 from kitsseg.planning import Plans, StagePlan, TrainingRecipe, load_plans
 from kitsseg.training.data import make_batches
 from kitsseg.training.distributed import Distributed
-from kitsseg.training.loss import SegmentationLoss
+from kitsseg.training.loss import DeepSupervisionLoss, SegmentationLoss
 from kitsseg.training.sampling import CropSampler, jitter_voxels, load_stage_volumes
 from kitsseg.training.splits import load_or_create_splits
 from kitsseg.training.validation import validate_stage
@@ -126,6 +126,11 @@ def build_optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def build_loss(config: TrainConfig) -> nn.Module:
+    """The recipe's loss; a deep-supervised network's list of logits is scored level by level."""
+    return DeepSupervisionLoss(SegmentationLoss(config.loss))
+
+
 def output_dir(paths: DatasetPaths, stage: str, fold: str) -> Path:
     return paths.results / stage / f"fold_{fold}"
 
@@ -175,7 +180,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
         self.network = self.dist.wrap(build_network(self.stage, self.device))
         self.optimizer = build_optimizer(self.network, config)
-        self.loss = SegmentationLoss(config.loss)
+        self.loss = build_loss(config)
         self.autocast = autocast_dtype(self.device, config.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         self.sampler = CropSampler(centred_on_mask=not self.stage.merges_foreground,
