@@ -164,11 +164,14 @@ def recipe_flags(args: argparse.Namespace, stage: str) -> list:
     return [item for flag in flags for item in flag]
 
 
+def normalization_flags(normalization: str | None) -> list:
+    """kits_plan_and_preprocess's `--normalization` only when one was asked for (else the preset's)."""
+    return ["--normalization", normalization] if normalization else []
+
+
 def preprocess_command(args: argparse.Namespace, common: list) -> list:
-    """kits_plan_and_preprocess with the preset, and `--normalization` only when one was asked for."""
-    normalization = ["--normalization", args.normalization] if args.normalization else []
-    return ["kits_plan_and_preprocess", *common, "--preset", args.preset, *normalization, "-np", args.workers,
-            "--quiet"]
+    return ["kits_plan_and_preprocess", *common, "--preset", args.preset, *normalization_flags(args.normalization),
+            "-np", args.workers, "--quiet"]
 
 
 def used_recipe(root: Path, args: argparse.Namespace) -> dict:

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, render, run  # noqa: E402
+from bench_accuracy import (DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, normalization_flags,  # noqa: E402
+                            render, run)
 
 EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076", "case_00077", "case_00082",
                           "case_00083", "case_00085", "case_00094", "case_00097", "case_00106", "case_00121",
@@ -50,7 +51,7 @@ def prepare(workdir: Path, preset: str, workers: int, normalization: str | None 
                 (source / case).symlink_to((rendered / case).resolve())
         run(["kits_convert", "kits", source, "--data-root", root, "-d", "KiTS19", "--quiet"], workdir / "convert.log")
     run(["kits_plan_and_preprocess", "--data-root", root, "-d", "KiTS19", "--preset", preset, "-np", workers,
-         *(["--normalization", normalization] if normalization else []), "--quiet"], workdir / "preprocess.log")
+         *normalization_flags(normalization), "--quiet"], workdir / "preprocess.log")
     (root / "preprocessed" / "KiTS19" / "splits_final.json").write_text(
         json.dumps([{"train": TRAIN_CASES[:24], "val": VALIDATION_CASES}], indent=1))
     for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES:

@@ -130,14 +130,15 @@ class VBNet(nn.Module):
             features.append(down(features[-1]))
         x = features.pop()
         supervised = self.training and len(self.aux_heads) > 0
-        outputs = []
-        for level, up in enumerate(self.ups):
+        decoded = []  # each up block's output, kept only for the aux heads
+        for up in self.ups:
             x = up(x, features)
-            aux = len(self.ups) - 2 - level  # index of this level's aux head
-            if supervised and 0 <= aux < len(self.aux_heads):
-                outputs.insert(0, self.aux_heads[aux](x))
+            if supervised:
+                decoded.append(x)
         logits = self.head(x)
-        return [logits, *outputs] if supervised else logits
+        if not supervised:
+            return logits
+        return [logits, *(head(f) for head, f in zip(self.aux_heads, reversed(decoded[:-1])))]
 
 
 def build_network(config: NetworkConfig) -> VBNet:
