@@ -34,6 +34,7 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
+DEFAULT_BUDGET_MIN = 18.0
 NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
                     "deep_supervision": {"deep_supervision_levels": 2}}
 
@@ -78,6 +79,13 @@ def fine_network(root: Path, changes: dict):
         plans_path.write_text(original)
 
 
+def run_name(variant: str, seed: int, budget_min: float, tta: bool) -> str:
+    """The run's models/pred/scores folder name; a budget other than the default's is part of it, so
+    shorter runs never replace the 18-min ones."""
+    budget = "" if budget_min == DEFAULT_BUDGET_MIN else f"_{budget_min:g}min"
+    return f"{variant}_s{seed}{budget}" + ("_tta" if tta else "")
+
+
 def run_variant(workdir: Path, root: Path, name: str, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train the fine stage of fold 0, predict and score the validation folder; kits_evaluate's means."""
     trained = root / "results" / "KiTS19" / "3d_fine" / "fold_0"
@@ -104,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tune_fine")
     parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
-    parser.add_argument("--budget-min", type=float, default=18.0, help="fine-stage minutes per run (default: 18)")
+    parser.add_argument("--budget-min", type=float, default=DEFAULT_BUDGET_MIN,
+                        help=f"fine-stage minutes per run (default: {DEFAULT_BUDGET_MIN:g})")
     parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *NETWORK_VARIANTS],
                         default=["baseline", "crop_dice_ce"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
@@ -123,7 +132,7 @@ def main() -> None:
     rows = json.loads(results.read_text()) if results.exists() else []
     for seed in args.seeds:
         for variant in args.variants:
-            name = f"{variant}_s{seed}" + ("_tta" if args.tta else "")
+            name = run_name(variant, seed, args.budget_min, args.tta)
             rows = [r for r in rows if r["run"] != name] + [run_variant(workdir, root, name, variant, seed, args)]
             results.write_text(json.dumps(rows, indent=2))
     print("| run | seed | kidney Dice | tumour Dice | KiTS19 composite | train wall s |\n|---|---|---|---|---|---|")
