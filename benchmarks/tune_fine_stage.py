@@ -34,9 +34,9 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
-DEFAULT_BUDGET_MIN = 18.0
 NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
                     "deep_supervision": {"deep_supervision_levels": 2}}
+DEFAULT_BUDGET_MIN = 18.0  # fine-stage minutes per run
 
 
 def prepare(workdir: Path, preset: str, workers: int, normalization: str | None = None) -> Path:
