@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import (DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, normalization_flags,  # noqa: E402
+from bench_accuracy import (DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, preprocess_command,  # noqa: E402
                             render, run)
 
 EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076", "case_00077", "case_00082",
@@ -39,10 +39,10 @@ NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
 DEFAULT_BUDGET_MIN = 18.0  # fine-stage minutes per run
 
 
-def prepare(workdir: Path, preset: str, workers: int, normalization: str | None = None) -> Path:
+def prepare(workdir: Path, args: argparse.Namespace) -> Path:
     """Rendered cases, the raw training dataset, its preprocessing, fold 0 and the validation folder;
     returns the data root."""
-    rendered = render(workdir, TRAIN_CASES + EXTRA_VALIDATION_CASES, workers, DATASETS["kits19"].labels_root)
+    rendered = render(workdir, TRAIN_CASES + EXTRA_VALIDATION_CASES, args.workers, DATASETS["kits19"].labels_root)
     root = workdir / "data"
     if not (root / "raw" / "KiTS19" / "dataset.json").exists():
         source = workdir / "train_source"
@@ -51,8 +51,7 @@ def prepare(workdir: Path, preset: str, workers: int, normalization: str | None 
             if not (source / case).exists():
                 (source / case).symlink_to((rendered / case).resolve())
         run(["kits_convert", "kits", source, "--data-root", root, "-d", "KiTS19", "--quiet"], workdir / "convert.log")
-    run(["kits_plan_and_preprocess", "--data-root", root, "-d", "KiTS19", "--preset", preset, "-np", workers,
-         *normalization_flags(normalization), "--quiet"], workdir / "preprocess.log")
+    run(preprocess_command(args, ["--data-root", root, "-d", "KiTS19"]), workdir / "preprocess.log")
     (root / "preprocessed" / "KiTS19" / "splits_final.json").write_text(
         json.dumps([{"train": TRAIN_CASES[:24], "val": VALIDATION_CASES}], indent=1))
     for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES:
@@ -127,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    root = prepare(workdir, args.preset, args.workers, args.normalization)
+    root = prepare(workdir, args)
     results = workdir / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     for seed in args.seeds:

@@ -29,7 +29,7 @@ from kitsseg.planning import Plans, StagePlan, TrainingRecipe, load_plans
 from kitsseg.training.data import make_batches
 from kitsseg.training.distributed import Distributed
 from kitsseg.training.loss import DeepSupervisionLoss, SegmentationLoss
-from kitsseg.training.sampling import CropSampler, jitter_voxels, load_stage_volumes
+from kitsseg.training.sampling import CropSampler, load_stage_volumes
 from kitsseg.training.splits import load_or_create_splits
 from kitsseg.training.validation import validate_stage
 from kitsseg.visualization import plot_progress
@@ -183,10 +183,7 @@ class Trainer:
         self.loss = build_loss(config)
         self.autocast = autocast_dtype(self.device, config.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
-        self.sampler = CropSampler(centred_on_mask=not self.stage.merges_foreground,
-                                   pad_value=self.plans.intensity.padding_value,
-                                   lesion_fraction=config.lesion_fraction, outside_fraction=config.outside_fraction,
-                                   voi_jitter_voxels=jitter_voxels(config.voi_jitter_mm, self.stage.spacing_mm))
+        self.sampler = CropSampler.for_stage(self.stage, self.plans.intensity.padding_value, config)
         self.epoch, self.log, self.ema, self.best = 0, [], None, None
         self.batches = None  # the training loader's worker processes, started by the first epoch
         self.seconds_before = 0.0  # training time of earlier sessions (time budget)
