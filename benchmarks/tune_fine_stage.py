@@ -32,7 +32,7 @@ from bench_accuracy import (DATASETS, REPO, TRAIN_CASES, VALIDATION_CASES, prepr
 EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076", "case_00077", "case_00082",
                           "case_00083", "case_00085", "case_00094", "case_00097", "case_00106", "case_00121",
                           "case_00127", "case_00129"]
-VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "gdice_topk": ["--loss", "gdice_topk"], "lesion_0.5": ["--lesion-fraction", "0.5"],
+VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
 NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
                     "deep_supervision": {"deep_supervision_levels": 2}}

@@ -215,9 +215,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters-per-epoch", type=int, help=f"training iterations per epoch {recipe}, e.g. 250)")
     parser.add_argument("--val-iters", type=int, help=f"validation batches per epoch {recipe}, e.g. 20)")
     parser.add_argument("--lr", type=float, help=f"initial learning rate, AdamW, poly decay {recipe}, e.g. 3e-3)")
-    parser.add_argument("--loss", choices=["gdice", "gdice_ce", "gdice_topk", "crop_dice_ce"],  # kitsseg.training.loss.LOSSES
+    parser.add_argument("--loss", choices=["gdice", "gdice_ce", "crop_dice_ce"],  # kitsseg.training.loss.LOSSES
                         help="gdice: generalized Dice over the batch (the paper); gdice_ce: plus cross-entropy; "
-                             "gdice_topk: plus the cross-entropy of the hardest 10 %% of voxels (nnU-Net's TopK); "
                              "crop_dice_ce: Dice per crop (each crop's lesion counts once) plus cross-entropy "
                              f"{recipe}, e.g. gdice_ce)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kitsseg.training.loss import SegmentationLoss, crop_dice, generalized_dice, one_hot, topk_cross_entropy
+from kitsseg.training.loss import SegmentationLoss, crop_dice, generalized_dice, one_hot
 
 
 def test_generalized_dice_by_hand():
@@ -87,26 +87,3 @@ def test_deep_supervision_loss_weighs_levels_by_resolution_on_subsampled_labels(
     assert loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="level 1"):
         loss([full, quarter], labels)
-
-
-def test_topk_cross_entropy_averages_the_hardest_tenth_by_hand():
-    # 20 voxels, 2 classes: 18 confidently right (logit margin 10), 2 wrong with margin 0 (ln 2 each)
-    labels = torch.zeros(1, 20, 1, 1, dtype=torch.long)
-    logits = torch.zeros(1, 2, 20, 1, 1)
-    logits[:, 0, :18] = 10.0
-    right = torch.nn.functional.softplus(torch.tensor(-10.0)).item()  # -log softmax of the right class
-    # the top 10 % are the 2 uncertain voxels: mean ln 2; plain cross-entropy dilutes them over all 20
-    assert topk_cross_entropy(logits, labels).item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
-    plain = (18 * right + 2 * torch.log(torch.tensor(2.0)).item()) / 20
-    assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(plain, rel=1e-5)
-
-
-def test_gdice_topk_is_generalized_dice_plus_topk_cross_entropy():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 3, 6, 6, 6)
-    labels = torch.randint(0, 3, (2, 6, 6, 6))
-    dice = generalized_dice(torch.softmax(logits, 1), one_hot(labels, 3))
-    expected = 1 - dice + topk_cross_entropy(logits, labels)
-    assert SegmentationLoss("gdice_topk")(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
-    perfect = one_hot(labels, 3) * 100.0
-    assert SegmentationLoss("gdice_topk")(perfect, labels).item() == pytest.approx(0.0, abs=1e-5)

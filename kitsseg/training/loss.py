@@ -1,13 +1,11 @@
-"""Losses on logits: the VB-Net paper's generalized Dice, optionally plus cross-entropy (over all
-voxels, or over the hardest 10 % as nnU-Net's TopK loss), or a per-crop Dice plus cross-entropy that
-weighs a small tumour's crop as much as a large one's."""
+"""Losses on logits: the VB-Net paper's generalized Dice, optionally plus cross-entropy, or a
+per-crop Dice plus cross-entropy that weighs a small tumour's crop as much as a large one's."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 SMOOTH = 1e-5
-TOPK_FRACTION = 0.1  # share of voxels, the hardest by cross-entropy, that 'gdice_topk' averages
 
 
 def generalized_dice(probabilities: torch.Tensor, target_one_hot: torch.Tensor) -> torch.Tensor:
@@ -44,22 +42,12 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
 
 
-def topk_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, fraction: float = TOPK_FRACTION) -> torch.Tensor:
-    """Mean cross-entropy of the `fraction` of voxels (over the whole batch) with the highest
-    cross-entropy: voxels already right stop counting, so a missed small tumour weighs as much as
-    the kidney's edges."""
-    voxel_losses = F.cross_entropy(logits, labels.long(), reduction="none").flatten()
-    count = max(1, round(fraction * voxel_losses.numel()))
-    return voxel_losses.topk(count, sorted=False).values.mean()
-
-
-LOSSES = ("gdice", "gdice_ce", "gdice_topk", "crop_dice_ce")
+LOSSES = ("gdice", "gdice_ce", "crop_dice_ce")
 
 
 class SegmentationLoss(torch.nn.Module):
-    """1 - generalized Dice ('gdice'), plus cross-entropy for 'gdice_ce' or `topk_cross_entropy`
-    for 'gdice_topk'; 'crop_dice_ce' is 1 - `crop_dice` (0 for a batch without foreground) plus
-    cross-entropy."""
+    """1 - generalized Dice ('gdice'), plus cross-entropy for 'gdice_ce'; 'crop_dice_ce' is
+    1 - `crop_dice` (0 for a batch without foreground) plus cross-entropy."""
 
     def __init__(self, kind: str = "gdice"):
         super().__init__()
@@ -75,9 +63,7 @@ class SegmentationLoss(torch.nn.Module):
             loss = 0.0 if dice is None else 1 - dice
         else:
             loss = 1 - generalized_dice(probabilities, target)
-        if self.kind == "gdice_topk":
-            loss = loss + topk_cross_entropy(logits.float(), labels)
-        elif self.kind != "gdice":
+        if self.kind != "gdice":
             loss = loss + F.cross_entropy(logits.float(), labels.long())
         return loss
 
