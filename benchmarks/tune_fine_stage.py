@@ -11,8 +11,8 @@ recipes only.
     python benchmarks/tune_fine_stage.py --workdir bench_work/val16 \
         --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
 
-Variants are recipe flags of kits_train (VARIANTS) or changes of the fine network in plans.json
-(NETWORK_VARIANTS, written for the run and restored after it); `--tta` predicts with test-time mirroring;
+Variants are recipe flags of kits_train (VARIANTS) or changes of the fine stage in plans.json, its
+network or its batch size (STAGE_VARIANTS, written for the run and restored after it); `--tta` predicts with test-time mirroring;
 `--preset` or `--normalization` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing
 1.0 mm, entry 23).
 """
@@ -34,8 +34,9 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
-NETWORK_VARIANTS = {"bottleneck_16": {"bottleneck_min_channels": 16},
-                    "deep_supervision": {"deep_supervision_levels": 2}}
+STAGE_VARIANTS = {"bottleneck_16": {"network": {"bottleneck_min_channels": 16}},
+                  "deep_supervision": {"network": {"deep_supervision_levels": 2}},
+                  "batch_3": {"batch_size": 3}}
 DEFAULT_BUDGET_MIN = 18.0  # fine-stage minutes per run
 
 
@@ -65,17 +66,26 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Path:
 
 
 @contextmanager
-def fine_network(root: Path, changes: dict):
-    """plans.json's fine network with `changes` while the block runs (the checkpoint keeps them)."""
+def fine_stage(root: Path, changes: dict):
+    """plans.json's fine stage with `changes` (a dict value updates that field's dict, e.g. the network)
+    while the block runs (the checkpoint keeps them)."""
     plans_path = root / "preprocessed" / "KiTS19" / "plans.json"
     original = plans_path.read_text()
     plans = json.loads(original)
-    plans["stages"]["3d_fine"]["network"].update(changes)
+    apply_stage_changes(plans["stages"]["3d_fine"], changes)
     plans_path.write_text(json.dumps(plans, indent=1))
     try:
         yield
     finally:
         plans_path.write_text(original)
+
+
+def apply_stage_changes(stage: dict, changes: dict) -> None:
+    for field, value in changes.items():
+        if isinstance(value, dict):
+            stage[field].update(value)
+        else:
+            stage[field] = value
 
 
 def run_name(variant: str, seed: int, budget_min: float, tta: bool) -> str:
@@ -89,7 +99,7 @@ def run_variant(workdir: Path, root: Path, name: str, variant: str, seed: int, a
     """Train the fine stage of fold 0, predict and score the validation folder; kits_evaluate's means."""
     trained = root / "results" / "KiTS19" / "3d_fine" / "fold_0"
     shutil.rmtree(trained, ignore_errors=True)
-    with fine_network(root, NETWORK_VARIANTS.get(variant, {})):
+    with fine_stage(root, STAGE_VARIANTS.get(variant, {})):
         train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", "KiTS19", "--time-budget",
                        args.budget_min, "--epochs", 10 ** 6, "--seed", seed, *VARIANTS.get(variant, []), "--quiet"],
                       workdir / f"train_{name}.log")
@@ -113,7 +123,7 @@ def main() -> None:
     parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
     parser.add_argument("--budget-min", type=float, default=DEFAULT_BUDGET_MIN,
                         help=f"fine-stage minutes per run (default: {DEFAULT_BUDGET_MIN:g})")
-    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *NETWORK_VARIANTS],
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, *STAGE_VARIANTS],
                         default=["baseline", "crop_dice_ce"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="one run per variant and seed")
     parser.add_argument("--preset", default=str(REPO / "plans" / "cpu.json"),

@@ -16,3 +16,12 @@ def test_default_budget_keeps_the_historical_names():
 def test_other_budgets_are_part_of_the_name():
     assert run_name("baseline", 0, 9.0, False) == "baseline_s0_9min"
     assert run_name("baseline", 1, 27.5, True) == "baseline_s1_27.5min_tta"
+
+
+def test_stage_variants_change_the_network_or_the_stage_itself():
+    from tune_fine_stage import STAGE_VARIANTS, apply_stage_changes
+    stage = {"batch_size": 2, "network": {"stem_channels": 8, "bottleneck_min_channels": 32}}
+    apply_stage_changes(stage, STAGE_VARIANTS["bottleneck_16"])
+    assert stage == {"batch_size": 2, "network": {"stem_channels": 8, "bottleneck_min_channels": 16}}
+    apply_stage_changes(stage, STAGE_VARIANTS["batch_3"])
+    assert stage == {"batch_size": 3, "network": {"stem_channels": 8, "bottleneck_min_channels": 16}}
