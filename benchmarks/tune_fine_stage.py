@@ -12,9 +12,9 @@ recipes only.
         --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
 
 Variants are recipe flags of kits_train (VARIANTS) or changes of the fine stage in plans.json, its
-network or its batch size (STAGE_VARIANTS, written for the run and restored after it); `--tta` predicts with test-time mirroring;
-`--preset` or `--normalization` with another workdir tries another plan (benchmarks/RESULTS.md: fine spacing
-1.0 mm, entry 23).
+network or its batch size (STAGE_VARIANTS, written for the run and restored after it); `--tta`
+predicts with test-time mirroring; `--preset` or `--normalization` with another workdir tries another
+plan (benchmarks/RESULTS.md: fine spacing 1.0 mm, entry 23).
 """
 from __future__ import annotations
 
@@ -67,8 +67,7 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Path:
 
 @contextmanager
 def fine_stage(root: Path, changes: dict):
-    """plans.json's fine stage with `changes` (a dict value updates that field's dict, e.g. the network)
-    while the block runs (the checkpoint keeps them)."""
+    """plans.json's fine stage with `changes` while the block runs (the checkpoint keeps them)."""
     plans_path = root / "preprocessed" / "KiTS19" / "plans.json"
     original = plans_path.read_text()
     plans = json.loads(original)
@@ -81,6 +80,7 @@ def fine_stage(root: Path, changes: dict):
 
 
 def apply_stage_changes(stage: dict, changes: dict) -> None:
+    """Set each changed field of a plans.json stage; a dict value updates that field's dict (the network)."""
     for field, value in changes.items():
         if isinstance(value, dict):
             stage[field].update(value)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from tune_fine_stage import DEFAULT_BUDGET_MIN, run_name  # noqa: E402
+from tune_fine_stage import DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, run_name  # noqa: E402
 
 
 def test_default_budget_keeps_the_historical_names():
@@ -19,7 +19,6 @@ def test_other_budgets_are_part_of_the_name():
 
 
 def test_stage_variants_change_the_network_or_the_stage_itself():
-    from tune_fine_stage import STAGE_VARIANTS, apply_stage_changes
     stage = {"batch_size": 2, "network": {"stem_channels": 8, "bottleneck_min_channels": 32}}
     apply_stage_changes(stage, STAGE_VARIANTS["bottleneck_16"])
     assert stage == {"batch_size": 2, "network": {"stem_channels": 8, "bottleneck_min_channels": 16}}
