@@ -36,7 +36,8 @@ VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_
             "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
 STAGE_VARIANTS = {"bottleneck_16": {"network": {"bottleneck_min_channels": 16}},
                   "deep_supervision": {"network": {"deep_supervision_levels": 2}},
-                  "batch_3": {"batch_size": 3}}
+                  "batch_3": {"batch_size": 3},
+                  "no_full_res_unit": {"network": {"up_blocks": [2, 2, 1, 0]}}}
 DEFAULT_BUDGET_MIN = 18.0  # fine-stage minutes per run
 
 

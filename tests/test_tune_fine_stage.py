@@ -1,4 +1,5 @@
-"""benchmarks/tune_fine_stage.py's run names: a shorter budget or mirroring never reuses a default run's folders."""
+"""benchmarks/tune_fine_stage.py: run names (a shorter budget or mirroring never reuses a default run's folders) and
+the plans changes of its stage variants."""
 import sys
 from pathlib import Path
 
@@ -24,3 +25,23 @@ def test_stage_variants_change_the_network_or_the_stage_itself():
     assert stage == {"batch_size": 2, "network": {"stem_channels": 8, "bottleneck_min_channels": 16}}
     apply_stage_changes(stage, STAGE_VARIANTS["batch_3"])
     assert stage == {"batch_size": 3, "network": {"stem_channels": 8, "bottleneck_min_channels": 16}}
+
+
+def test_no_full_res_unit_variant_builds_a_net_without_the_full_resolution_unit():
+    import torch
+    from kitsseg.network.vbnet import VBNet
+    from kitsseg.planning import NetworkConfig
+
+    network = {"stem_channels": 8, "down_channels": [16, 32, 64, 128], "down_blocks": [1, 2, 2, 2],
+               "up_channels": [128, 64, 32, 16], "up_blocks": [2, 2, 1, 1], "bottleneck_min_channels": 16}
+    stage = {"network": dict(network)}
+    apply_stage_changes(stage, STAGE_VARIANTS["no_full_res_unit"])
+    assert stage["network"] == {**network, "up_blocks": [2, 2, 1, 0]}
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in stage["network"].items()}
+    full, reduced = VBNet(NetworkConfig(num_classes=3, **{**config, "up_blocks": (2, 2, 1, 1)})), \
+        VBNet(NetworkConfig(num_classes=3, **config))
+    assert len(reduced.ups[-1].units) == 0 and len(full.ups[-1].units) == 1
+    removed = sum(p.numel() for p in full.ups[-1].units.parameters())
+    assert removed == (16 * 4 + 4 * 4 * 27 + 4 * 16) + 2 * (4 + 4 + 16)  # the bottleneck's convs, its batch norms
+    assert sum(p.numel() for p in reduced.parameters()) == sum(p.numel() for p in full.parameters()) - removed
+    assert reduced.eval()(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
