@@ -3,6 +3,11 @@ the plans changes of its stage variants."""
 import sys
 from pathlib import Path
 
+import torch
+
+from kitsseg.network.vbnet import VBNet
+from kitsseg.planning import NetworkConfig
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from tune_fine_stage import DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, run_name  # noqa: E402
@@ -28,18 +33,14 @@ def test_stage_variants_change_the_network_or_the_stage_itself():
 
 
 def test_no_full_res_unit_variant_builds_a_net_without_the_full_resolution_unit():
-    import torch
-    from kitsseg.network.vbnet import VBNet
-    from kitsseg.planning import NetworkConfig
-
     network = {"stem_channels": 8, "down_channels": [16, 32, 64, 128], "down_blocks": [1, 2, 2, 2],
                "up_channels": [128, 64, 32, 16], "up_blocks": [2, 2, 1, 1], "bottleneck_min_channels": 16}
     stage = {"network": dict(network)}
     apply_stage_changes(stage, STAGE_VARIANTS["no_full_res_unit"])
     assert stage["network"] == {**network, "up_blocks": [2, 2, 1, 0]}
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in stage["network"].items()}
-    full, reduced = VBNet(NetworkConfig(num_classes=3, **{**config, "up_blocks": (2, 2, 1, 1)})), \
-        VBNet(NetworkConfig(num_classes=3, **config))
+    full = VBNet(NetworkConfig(num_classes=3, **{**config, "up_blocks": (2, 2, 1, 1)}))
+    reduced = VBNet(NetworkConfig(num_classes=3, **config))
     assert len(reduced.ups[-1].units) == 0 and len(full.ups[-1].units) == 1
     removed = sum(p.numel() for p in full.ups[-1].units.parameters())
     assert removed == (16 * 4 + 4 * 4 * 27 + 4 * 16) + 2 * (4 + 4 + 16)  # the bottleneck's convs, its batch norms
