@@ -56,7 +56,8 @@ def case_volumes(prediction_file: Path, label_file: Path) -> dict[str, float]:
         raise SystemExit(f"{label_file}: no reference label map for {prediction_file.name}")
     prediction, truth = sitk.ReadImage(str(prediction_file)), sitk.ReadImage(str(label_file))
     if prediction.GetSize() != truth.GetSize():
-        raise SystemExit(f"{prediction_file}: grid {prediction.GetSize()} differs from {label_file}'s {truth.GetSize()}")
+        raise SystemExit(f"{prediction_file}: grid {prediction.GetSize()} differs from the reference's "
+                         f"{truth.GetSize()}")
     voxel_ml = float(np.prod(truth.GetSpacing())) / 1000.0
     return tumour_error_volumes(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth), voxel_ml)
 
