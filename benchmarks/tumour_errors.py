@@ -13,8 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kitsseg.dataset import check_geometry  # noqa: E402
+from kitsseg.errors import KitssegError  # noqa: E402
+from kitsseg.evaluation import load_label_map  # noqa: E402
 
 BACKGROUND, KIDNEY, TUMOUR, CYST = 0, 1, 2, 3
 COLUMNS = ("tumour_ml", "found_ml", "missed_as_kidney_ml", "missed_as_cyst_ml", "missed_as_background_ml",
@@ -52,14 +56,17 @@ def tumour_dice(volumes: dict[str, float]) -> float:
 
 
 def case_volumes(prediction_file: Path, label_file: Path) -> dict[str, float]:
+    """One case's volumes, read as `kits_evaluate` reads it (label values 0-3, the same geometry)."""
     if not label_file.is_file():
         raise SystemExit(f"{label_file}: no reference label map for {prediction_file.name}")
-    prediction, truth = sitk.ReadImage(str(prediction_file)), sitk.ReadImage(str(label_file))
-    if prediction.GetSize() != truth.GetSize():
-        raise SystemExit(f"{prediction_file}: grid {prediction.GetSize()} differs from the reference's "
-                         f"{truth.GetSize()}")
-    voxel_ml = float(np.prod(truth.GetSpacing())) / 1000.0
-    return tumour_error_volumes(sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth), voxel_ml)
+    try:
+        truth, truth_props = load_label_map(label_file)
+        prediction, prediction_props = load_label_map(prediction_file)
+        check_geometry(label_file.name, truth_props, prediction_props)
+    except KitssegError as exc:
+        raise SystemExit(f"{prediction_file}: {exc}") from None
+    voxel_ml = float(np.prod(truth_props.spacing_mm)) / 1000.0
+    return tumour_error_volumes(prediction, truth, voxel_ml)
 
 
 def main() -> None:
