@@ -29,6 +29,9 @@ CPU_PRESET = DEFAULT_PRESET.parent / "cpu.json"
 MAX_LOADER_WORKERS = 12
 DEFAULT_GPU_MEMORY_GB = 8.0
 INFERENCE_CONTEXT_MM = 0.0  # fine VOIs at inference: real image per side beyond the stride fill (see Predictor)
+# the longest plausible kidney region per axis, as a multiple of the fingerprint's 95th percentile (the longest of
+# 60 kidneys in each of the KiTS19 and KiTS23 benchmark fingerprints: 1.06-1.38x their 95th percentile)
+KIDNEY_EXTENT_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class StagePlan:
     voi_margin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     training: TrainingRecipe = TrainingRecipe()
     inference_context_mm: float = 0.0  # fine: real image the VOI is grown by, per side, before the fine pass
+    # fine: the longest plausible kidney region per axis; a coarse piece is cut to it (0: no limit)
+    max_kidney_extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def num_classes(self) -> int:
@@ -308,6 +313,8 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
     stage_presets = preset.get("stages", {})
     coarse_spacing = tuple(float(v) for v in stage_presets.get(COARSE, {}).get("spacing_mm", (6, 6, 6)))
     margin = voi_margin_mm(fingerprint.kidney_size_mm["median"], coarse_spacing)
+    max_kidney_extent = tuple(round(KIDNEY_EXTENT_FACTOR * float(v), 2)
+                              for v in fingerprint.kidney_size_mm["percentile_95"])
     classes = class_map_from_labels(labels)
     extents_mm = {
         COARSE: np.asarray(fingerprint.median_shape) * np.asarray(fingerprint.median_spacing_mm),
@@ -329,6 +336,6 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
                                  margin if name == FINE else (0.0, 0.0, 0.0), recipe,
                                  float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)) if name == FINE
-                                 else 0.0)
+                                 else 0.0, max_kidney_extent if name == FINE else (0.0, 0.0, 0.0))
     return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

@@ -157,6 +157,48 @@ def test_no_kidney_found_is_said_in_summary_and_one_warning_line(tmp_path, capsy
     assert written.GetSize() == (60, 60, 40) and not sitk.GetArrayFromImage(written).any()
 
 
+def padded_in_z(labels: np.ndarray, slices: int) -> np.ndarray:
+    return np.pad(labels, ((slices, slices), (0, 0), (0, 0)))
+
+
+def test_a_coarse_false_region_longer_than_any_kidney_costs_at_most_a_kidney_sized_voi(kits_labels):
+    """case_00194 of the KiTS23 split (session 24): a coarse net marked a 360 mm region on the empty side
+    of a solitary kidney and the fine net called much of it tumour. The plans' longest kidney (1.5 x the
+    fingerprint's 95th percentile: 210 mm here) bounds what such a region costs; the kidney is untouched."""
+    labels, spacing = kits_labels
+    solitary = padded_in_z(labels, 30)  # 100 slices of 4 mm
+    solitary[..., 200:] = 0
+    tube = (slice(5, 95), slice(80, 110), slice(270, 300))  # 360 x 29 x 29 mm, the fine oracle calls it tumour
+    scan = solitary.copy()
+    scan[tube] = 2
+    limit_mm = paper_plans().stage(FINE).max_kidney_extent_mm[0]
+    assert limit_mm == 210.0
+    result, crops = cascade(encode(scan), spacing)
+    left_slices = np.flatnonzero(result.labels[..., 200:].any(axis=(1, 2)))
+    margin_mm = paper_plans().stage(FINE).voi_margin_mm[0]
+    assert 0 < left_slices.size and (left_slices[-1] + 1 - left_slices[0]) * spacing[0] <= limit_mm + 2 * margin_mm + 12
+    assert dice(result.labels[..., :200] > 0, solitary[..., :200] > 0) > 0.99
+
+
+def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):
+    """A coarse-only region (level 0.45: the coarse net sees it, the fine net calls it background) runs
+    400 mm along z through the right kidney: the piece is cut to the window that holds the kidney."""
+    labels, spacing = kits_labels
+    truth = padded_in_z(labels, 30)
+    hu = encode(truth)
+    tube = (slice(0, 100), slice(100, 125), slice(100, 125))  # 25 x 24 x 24 mm: inside the right kidney's box
+    hu[tube][truth[tube] == 0] = int(0.45 * LEVEL_HU - LEVEL_HU)
+
+    def coarse_sees_the_tube(x):
+        foreground = (decode(x) > 0.4).float() * 2 - 1
+        return torch.cat([-foreground, foreground], 1) * 20
+
+    assert ndi.label((truth > 0) | (hu > -LEVEL_HU), np.ones((3, 3, 3)))[1] == 2  # the tube joins the right kidney
+    result, _ = cascade(hu, spacing, coarse_sees_the_tube)
+    assert dice(result.labels[..., :200] > 0, truth[..., :200] > 0) > 0.98
+    assert dice(result.labels > 0, truth > 0) > 0.98
+
+
 # ---- VOIs from the coarse mask (#20): hand-computed boxes -------------------------------------------
 # coarse grid 6 mm, original grid 3 mm (two voxels per coarse voxel), margin 6 mm (two original voxels)
 def vois(mask, midline_x=None):
@@ -175,6 +217,17 @@ def test_three_or_more_components_one_voi_per_side_near_pieces_join_far_ones_go(
     mask[4:8, 4:8, 28:33] = True  # left kidney
     assert ndi.label(mask, np.ones((3, 3, 3)))[1] == 4
     assert vois(mask) == [box((2, 14), (2, 20), (6, 22)), box((6, 18), (6, 18), (54, 68))]
+
+
+def test_a_piece_longer_than_the_longest_kidney_is_cut_to_the_window_holding_most_of_it():
+    mask = np.zeros((30, 10, 20), bool)
+    mask[0:30, 4:5, 4:5] = True  # a 180 mm thin false region (one voxel across) ...
+    mask[12:18, 2:7, 2:7] = True  # ... through a kidney-like blob of 6 x 5 x 5 voxels
+    limit = (60.0, 60.0, 60.0)  # 10 coarse voxels: the windows from z 8-18 to 12-22 hold the blob and 4 more
+    cut = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0),
+                    max_extent_mm=limit)
+    assert cut == [box((14, 38), (2, 16), (2, 16))]  # z 8-18 (the first of five), grown by the 2-voxel margin
+    assert vois(mask) == [box((0, 60), (2, 16), (2, 16))]  # no limit: the whole region
 
 
 def test_components_under_the_size_floor_are_ignored():

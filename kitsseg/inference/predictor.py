@@ -202,14 +202,15 @@ class Predictor:
         `LOWERED_COARSE_THRESHOLD`: (boxes, the coarse kidney mask, the threshold that found them). A mask
         over `MAX_KIDNEY_REGION_ML` is no kidney (an untrained or misled coarse net marking the body):
         no VOI, rather than fine passes over the whole scan."""
-        margin_mm = self.plans.stage(FINE).voi_margin_mm
+        fine = self.plans.stage(FINE)
         coarse_spacing = np.asarray(shape) * np.asarray(spacing_mm) / np.asarray(coarse.shape[1:])
         voxel_ml = float(np.prod(coarse_spacing)) / 1000.0
         for threshold in (0.5, LOWERED_COARSE_THRESHOLD):
             mask = coarse[0] < 1 - threshold
             if mask.sum() * voxel_ml > MAX_KIDNEY_REGION_ML:
                 return [], mask, threshold
-            vois = find_vois(mask, coarse_spacing, shape, spacing_mm, margin_mm, midline_x)
+            vois = find_vois(mask, coarse_spacing, shape, spacing_mm, fine.voi_margin_mm, midline_x,
+                             max_extent_mm=fine.max_kidney_extent_mm)
             if vois:
                 break
         return vois, mask, threshold

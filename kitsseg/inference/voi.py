@@ -3,7 +3,10 @@
 The coarse mask's 26-connected components of at least `MIN_KIDNEY_ML` are the candidates. A
 component spanning the body's midline (x axis, `kidney_sides.body_midline_x`) with a real share
 on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut there into one
-piece per side. On each
+piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis (no kidney
+region is: a coarse net's false region, or a kidney it joined to one) is cut to the window of
+that length holding most of its voxels, so a false region costs at most a kidney-sized VOI and a
+kidney joined to one keeps its VOI. On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
@@ -49,6 +52,21 @@ def _side_pieces(in_component: np.ndarray, midline_x: float) -> list[tuple[int, 
     return [(int(counts[1] > counts[0]), in_component)]
 
 
+def _cut_to_extent(piece: np.ndarray, max_voxels: Sequence[int]) -> np.ndarray:
+    """The piece within, along each axis longer than `max_voxels` (0: no limit), the window of that
+    length that holds most of its voxels (the first among equals)."""
+    for axis, limit in enumerate(max_voxels):
+        if 0 < limit < piece.shape[axis]:
+            profile = piece.sum(axis=tuple(a for a in range(piece.ndim) if a != axis))
+            window_sums = np.convolve(profile, np.ones(limit, np.int64), "valid")
+            start = int(np.argmax(window_sums))
+            outside = [slice(None)] * piece.ndim
+            for cut in (slice(None, start), slice(start + limit, None)):
+                outside[axis] = cut
+                piece[tuple(outside)] = False
+    return piece
+
+
 def _bounding_box(mask: np.ndarray) -> Box:
     return ndi.find_objects(mask.astype(np.uint8))[0]
 
@@ -63,11 +81,12 @@ def _union(a: Box, b: Box) -> Box:
 
 def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], original_shape: Sequence[int],
               original_spacing_mm: Sequence[float], margin_mm: Sequence[float], midline_x: float | None = None,
-              min_kidney_ml: float = MIN_KIDNEY_ML) -> list[Box]:
+              min_kidney_ml: float = MIN_KIDNEY_ML, max_extent_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[Box]:
     """Boxes (original canonical voxels), one per side of `midline_x` (coarse voxel-edge units,
     default the scan's centre) that holds a kidney piece, grown by the margin (module docstring)."""
     midline_x = kidney_mask.shape[2] / 2 if midline_x is None else midline_x
     min_voxels = max(1, int(np.ceil(min_kidney_ml / (float(np.prod(coarse_spacing_mm)) / 1000.0))))
+    max_voxels = [int(np.ceil(m / s)) for m, s in zip(max_extent_mm, coarse_spacing_mm)]
     components, count = ndi.label(kidney_mask, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     pieces = []  # (side, -voxels, label, grown original box): sorted, the largest first per side
@@ -75,6 +94,7 @@ def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], origi
         if sizes[label] < min_voxels:
             continue
         for side, piece in _side_pieces(components[box] == label, midline_x - box[2].start):
+            piece = _cut_to_extent(piece, max_voxels)
             coarse_box = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, _bounding_box(piece)))
             original = coarse_box_to_original(coarse_box, kidney_mask.shape, original_shape)
             pieces.append((side, -int(piece.sum()), label,
