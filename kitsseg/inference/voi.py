@@ -3,10 +3,10 @@
 The coarse mask's 26-connected components of at least `MIN_KIDNEY_ML` are the candidates. A
 component spanning the body's midline (x axis, `kidney_sides.body_midline_x`) with a real share
 on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut there into one
-piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis (no kidney
-region is: a coarse net's false region, or a kidney it joined to one) is cut to the window of
-that length holding most of its voxels, so a false region costs at most a kidney-sized VOI and a
-kidney joined to one keeps its VOI. On each
+piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis is not a
+kidney alone (it is a coarse net's false region, or a kidney joined to one): it is cut to the
+window of that length holding most of its voxels, so a false region costs at most a kidney-sized
+VOI and a kidney joined to one keeps its VOI. On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
