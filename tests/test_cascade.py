@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from kitsseg.inference.predictor import Predictor
-from kitsseg.inference.voi import find_vois
+from kitsseg.inference.voi import Voi, find_vois
 from kitsseg.planning import COARSE, FINE, IntensityConfig
 from kitsseg.postprocessing import keep_kidney_component
 from tests.test_predictor import LEVEL_HU, coarse_oracle, decode, dice, fine_oracle, paper_plans
@@ -161,22 +161,28 @@ def padded_in_z(labels: np.ndarray, slices: int) -> np.ndarray:
     return np.pad(labels, ((slices, slices), (0, 0), (0, 0)))
 
 
-def test_a_coarse_false_region_longer_than_any_kidney_costs_at_most_a_kidney_sized_voi(kits_labels):
+def test_a_coarse_region_longer_than_any_kidney_is_cut_and_kept_only_with_kidney_tissue(kits_labels):
     """case_00194 of the KiTS23 split (session 24): a coarse net marked a 360 mm region on the empty side
-    of a solitary kidney and the fine net called much of it tumour. The plans' longest kidney (1.5 x the
-    fingerprint's 95th percentile: 210 mm here) bounds what such a region costs; the kidney is untouched."""
+    of a solitary kidney and the fine net called it tumour (1.8 litres, 12 ml 'kidney'). The plans'
+    longest kidney (1.5 x the fingerprint's 95th percentile: 210 mm here) cuts its VOI, and the VOI's
+    labels stay only if they hold 20 ml of kidney tissue. The solitary kidney is untouched."""
     labels, spacing = kits_labels
     solitary = padded_in_z(labels, 30)  # 100 slices of 4 mm
     solitary[..., 200:] = 0
-    tube = (slice(5, 95), slice(80, 110), slice(270, 300))  # 360 x 29 x 29 mm, the fine oracle calls it tumour
     scan = solitary.copy()
-    scan[tube] = 2
-    limit_mm = paper_plans().stage(FINE).max_kidney_extent_mm[0]
-    assert limit_mm == 210.0
+    scan[5:95, 80:96, 270:286] = 2  # 360 x 16 x 16 mm: the fine oracle calls it tumour, its rim (2 -> 0) kidney
+    assert paper_plans().stage(FINE).max_kidney_extent_mm[0] == 210.0
     result, crops = cascade(encode(scan), spacing)
+    stride_mm = paper_plans().stage(FINE).network.stride * paper_plans().stage(FINE).spacing_mm[0]
+    # cut: the 210 mm piece, two 12 mm margins, the stride fill and a slice of rounding (uncut: 400 mm)
+    assert len(crops) == 2 and crops[1][1][0] * spacing[0] <= 210 + 2 * 12 + stride_mm + spacing[0]
+    assert result.kidneys_found == 1 and not result.labels[..., 200:].any()  # 13 ml of rim 'kidney'
+    assert dice(result.labels > 0, solitary > 0) > 0.99
+
+    scan[40:46, 75:100, 265:290] = 1  # 14 ml of kidney tissue on the region: now it stays, cut
+    result, _ = cascade(encode(scan), spacing)
     left_slices = np.flatnonzero(result.labels[..., 200:].any(axis=(1, 2)))
-    margin_mm = paper_plans().stage(FINE).voi_margin_mm[0]
-    assert 0 < left_slices.size and (left_slices[-1] + 1 - left_slices[0]) * spacing[0] <= limit_mm + 2 * margin_mm + 12
+    assert result.kidneys_found == 2 and (left_slices[-1] + 1 - left_slices[0]) * spacing[0] <= 210 + 2 * 12
     assert dice(result.labels[..., :200] > 0, solitary[..., :200] > 0) > 0.99
 
 
@@ -195,6 +201,7 @@ def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):
 
     assert ndi.label((truth > 0) | (hu > -LEVEL_HU), np.ones((3, 3, 3)))[1] == 2  # the tube joins the right kidney
     result, _ = cascade(hu, spacing, coarse_sees_the_tube)
+    assert result.kidneys_found == 2
     assert dice(result.labels[..., :200] > 0, truth[..., :200] > 0) > 0.98
     assert dice(result.labels > 0, truth > 0) > 0.98
 
@@ -202,7 +209,9 @@ def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):
 # ---- VOIs from the coarse mask (#20): hand-computed boxes -------------------------------------------
 # coarse grid 6 mm, original grid 3 mm (two voxels per coarse voxel), margin 6 mm (two original voxels)
 def vois(mask, midline_x=None):
-    return find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0), midline_x)
+    found = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0), midline_x)
+    assert not any(voi.cut for voi in found)
+    return [voi.box for voi in found]
 
 
 def box(*bounds):
@@ -226,7 +235,7 @@ def test_a_piece_longer_than_the_longest_kidney_is_cut_to_the_window_holding_mos
     limit = (60.0, 60.0, 60.0)  # 10 coarse voxels: the windows from z 8-18 to 12-22 hold the blob and 4 more
     cut = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0),
                     max_extent_mm=limit)
-    assert cut == [box((14, 38), (2, 16), (2, 16))]  # z 8-18 (the first of five), grown by the 2-voxel margin
+    assert cut == [Voi(box((14, 38), (2, 16), (2, 16)), True)]  # z 8-18 (the first of five), grown by the margin
     assert vois(mask) == [box((0, 60), (2, 16), (2, 16))]  # no limit: the whole region
 
 

@@ -10,7 +10,9 @@ are one pass or tiles, as memory allows (`kitsseg.memory`; on a GPU its free mem
 that fits is one pass); stages are timed for `--profile`.
 
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
-`LOWERED_COARSE_THRESHOLD`. Each VOI (`kitsseg.inference.voi`) is grown by the fine stage's
+`LOWERED_COARSE_THRESHOLD`. A VOI whose coarse piece was longer than any kidney (`voi.Voi.cut`)
+keeps its labels only if they hold `MIN_CUT_VOI_KIDNEY_ML` of kidney tissue: a coarse net's false
+region holds next to none, a kidney joined to one does. Each VOI (`kitsseg.inference.voi`) is grown by the fine stage's
 `inference_context_mm` of real image on every side, and further up to the network's stride
 multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
 passes pad with what air normalises to) before the fine networks see it, and the probabilities
@@ -30,7 +32,7 @@ from kitsseg.boxes import Box, box_shape
 from kitsseg.errors import KitssegError
 from kitsseg.inference.engine import Engine
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
-from kitsseg.inference.voi import coarse_mask_in_box, find_vois
+from kitsseg.inference.voi import Voi, coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, align_to_axes, labels_onto, to_canonical, to_sitk
 from kitsseg.kidney_sides import body_midline_x
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
@@ -46,12 +48,16 @@ LOWERED_COARSE_THRESHOLD = 0.2
 # a coarse kidney-region mask larger than this is not kidneys (the largest kidneys + masses of 102 KiTS19
 # cases, bench_scale.py's fingerprint: 1.78 L)
 MAX_KIDNEY_REGION_ML = 8000.0
+# a VOI cut to the longest kidney (`Voi.cut`) keeps its labels only if they hold this much kidney tissue (class 1):
+# under half the least of 477 real kidney sides (43 ml; the KiTS19 and KiTS23 label maps of ../shared/data)
+MIN_CUT_VOI_KIDNEY_ML = 20.0
+ORGAN_CLASS = 1  # kitsseg.labels: 0 background, 1 the organ, then the lesions
 
 
 @dataclass
 class CascadeResult:
     labels: np.ndarray  # canonical (z, y, x) uint8 label-file values, postprocessed
-    kidneys_found: int  # VOIs (at most one per side of the body)
+    kidneys_found: int  # VOIs whose labels were kept (at most one per side of the body)
     unprocessed: np.ndarray | None = None
     probabilities: list = field(default_factory=list)  # [(box, (C, *box shape) float16), ...]
     coarse_threshold: float = 0.5  # kidney-region probability that found the VOIs (second try: the lowered one)
@@ -197,9 +203,10 @@ class Predictor:
         self.memory.require(source, max(needed), "the fine stage (kidney VOIs)")
 
     # ---- cascade ------------------------------------------------------------------------------
-    def _kidney_vois(self, coarse: np.ndarray, midline_x: float, shape, spacing_mm) -> tuple[list, np.ndarray, float]:
+    def _kidney_vois(self, coarse: np.ndarray, midline_x: float, shape,
+                     spacing_mm) -> tuple[list[Voi], np.ndarray, float]:
         """VOIs of the voxels whose kidney-region probability (1 - background's) exceeds 0.5, else
-        `LOWERED_COARSE_THRESHOLD`: (boxes, the coarse kidney mask, the threshold that found them). A mask
+        `LOWERED_COARSE_THRESHOLD`: (VOIs, the coarse kidney mask, the threshold that found them). A mask
         over `MAX_KIDNEY_REGION_ML` is no kidney (an untrained or misled coarse net marking the body):
         no VOI, rather than fine passes over the whole scan."""
         fine = self.plans.stage(FINE)
@@ -246,14 +253,15 @@ class Predictor:
             image_hu, spacing_mm, self._held_bytes(image_hu.shape, image_hu.itemsize, keep_unprocessed))
         with profiling.stage("VOI extraction and resampling"):
             vois, mask, threshold = self._kidney_vois(coarse, midline_x, image_hu.shape, spacing_mm)
-            seen = [self._with_context(box, image_hu.shape, spacing_mm) for box in vois]
-            held = self._voi_held_bytes(image_hu, vois, keep_unprocessed, keep_probabilities)
+            seen = [self._with_context(voi.box, image_hu.shape, spacing_mm) for voi in vois]
+            held = self._voi_held_bytes(image_hu, [voi.box for voi in vois], keep_unprocessed, keep_probabilities)
             if self.memory is not None:
                 self._require_voi_memory(source, spacing_mm, seen, held)
-        result = CascadeResult(np.zeros(image_hu.shape, np.uint8), len(vois),
+        result = CascadeResult(np.zeros(image_hu.shape, np.uint8), 0,
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold,
                                midline_x * image_hu.shape[2] / coarse.shape[3])
-        for box, seen_box in zip(vois, seen):
+        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        for (box, cut), seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
             window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
             probabilities = self.fine_probabilities(image_hu[seen_box], spacing_mm, held)
@@ -264,9 +272,13 @@ class Predictor:
                     result.probabilities.append((box, back))
             with profiling.stage("postprocessing"):
                 support = coarse_mask_in_box(mask, box, image_hu.shape)
-                paste(result.labels, box, postprocess(raw, self.postprocess, support))
+                labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
                     paste(result.unprocessed, box, raw)
+                if cut and np.count_nonzero(labels == ORGAN_CLASS) * voxel_ml < MIN_CUT_VOI_KIDNEY_ML:
+                    continue  # a coarse region longer than any kidney, and the fine stage finds no kidney in it
+                paste(result.labels, box, labels)
+                result.kidneys_found += 1
         with profiling.stage("postprocessing"):
             release_freed_memory()
             return self._as_label_values(result)

@@ -112,7 +112,8 @@ def case_status(result: CascadeResult, source: Path) -> str:
     if not result.kidneys_found:
         print(f"warning: {source}: no kidney found (at the coarse stage, kidney probability under "
               f"{LOWERED_COARSE_THRESHOLD:g} everywhere, or a region over {MAX_KIDNEY_REGION_ML:g} ml, which is no "
-              "kidney); its label map is all background", file=sys.stderr)
+              "kidney, or only regions longer than any kidney with no kidney tissue in them); its label map is all "
+              "background", file=sys.stderr)
         return NO_KIDNEY_FOUND
     if result.coarse_threshold < 0.5:
         return f"ok: kidney found at the lowered coarse threshold {result.coarse_threshold:g}"

@@ -6,7 +6,8 @@ on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut t
 piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis is not a
 kidney alone (it is a coarse net's false region, or a kidney joined to one): it is cut to the
 window of that length holding most of its voxels, so a false region costs at most a kidney-sized
-VOI and a kidney joined to one keeps its VOI. On each
+VOI and a kidney joined to one keeps its VOI; the VOI says it was cut (`Voi.cut`), and the cascade
+keeps its labels only if the fine stage finds kidney tissue in it. On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
@@ -15,7 +16,7 @@ canonical LPS orientation); they may overlap.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -24,6 +25,11 @@ from kitsseg.boxes import Box, grow_box
 
 MIN_KIDNEY_ML = 1.0
 MIN_SIDE_FRACTION = 0.2  # a component is cut at the midline only when each side holds this share of it
+
+
+class Voi(NamedTuple):
+    box: Box  # original canonical voxels, grown by the margin
+    cut: bool  # its coarse piece was longer than the longest kidney and was cut to it
 
 
 def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape: Sequence[int]) -> Box:
@@ -81,35 +87,37 @@ def _union(a: Box, b: Box) -> Box:
 
 def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], original_shape: Sequence[int],
               original_spacing_mm: Sequence[float], margin_mm: Sequence[float], midline_x: float | None = None,
-              min_kidney_ml: float = MIN_KIDNEY_ML, max_extent_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[Box]:
-    """Boxes (original canonical voxels), one per side of `midline_x` (coarse voxel-edge units,
-    default the scan's centre) that holds a kidney piece, grown by the margin (module docstring)."""
+              min_kidney_ml: float = MIN_KIDNEY_ML, max_extent_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[Voi]:
+    """VOIs, one per side of `midline_x` (coarse voxel-edge units, default the scan's centre) that
+    holds a kidney piece, grown by the margin (module docstring)."""
     midline_x = kidney_mask.shape[2] / 2 if midline_x is None else midline_x
     min_voxels = max(1, int(np.ceil(min_kidney_ml / (float(np.prod(coarse_spacing_mm)) / 1000.0))))
     max_voxels = [int(np.ceil(m / s)) for m, s in zip(max_extent_mm, coarse_spacing_mm)]
     components, count = ndi.label(kidney_mask, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)
-    pieces = []  # (side, -voxels, label, grown original box): sorted, the largest first per side
+    pieces = []  # (side, -voxels, label, grown original box, cut): sorted, the largest first per side
     for label, box in enumerate(ndi.find_objects(components), 1):
         if sizes[label] < min_voxels:
             continue
         for side, piece in _side_pieces(components[box] == label, midline_x - box[2].start):
+            before_cut = int(piece.sum())
             piece = _cut_to_extent(piece, max_voxels)
+            voxels = int(piece.sum())
             coarse_box = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, _bounding_box(piece)))
             original = coarse_box_to_original(coarse_box, kidney_mask.shape, original_shape)
-            pieces.append((side, -int(piece.sum()), label,
-                           grow_box(original, margin_mm, original_spacing_mm, original_shape)))
+            pieces.append((side, -voxels, label, grow_box(original, margin_mm, original_spacing_mm, original_shape),
+                           voxels < before_cut))
     vois = []
     for side in (0, 1):
-        rest = [p[3] for p in sorted(p for p in pieces if p[0] == side)]
-        if not rest:
+        ordered = sorted(p for p in pieces if p[0] == side)
+        if not ordered:
             continue
-        voi, rest, grown = rest[0], rest[1:], True
+        voi, rest, grown = ordered[0][3], [p[3] for p in ordered[1:]], True
         while grown:
             joining = [b for b in rest if _meets(voi, b)]
             rest = [b for b in rest if not _meets(voi, b)]
             for b in joining:
                 voi = _union(voi, b)
             grown = bool(joining)
-        vois.append(voi)
+        vois.append(Voi(voi, ordered[0][4]))
     return vois
