@@ -46,7 +46,7 @@ def view_start(view: np.ndarray, base: np.ndarray) -> tuple[int, ...]:
     return tuple(start)
 
 
-def cascade(hu: np.ndarray, spacing_mm, coarse=coarse_oracle, context_mm: float | None = None):
+def cascade(hu: np.ndarray, spacing_mm, coarse=coarse_oracle, context_mm: float | None = None, **predict_options):
     """The oracle cascade's result and the (start, shape) of the image each fine pass was given."""
     plans = paper_plans(cysts=False)
     if context_mm is not None and hasattr(plans.stage(FINE), "inference_context_mm"):
@@ -58,7 +58,7 @@ def cascade(hu: np.ndarray, spacing_mm, coarse=coarse_oracle, context_mm: float 
             crops.append((view_start(crop_hu, hu), crop_hu.shape))
             return super().fine_probabilities(crop_hu, *args, **kwargs)
 
-    return Recording(plans, [coarse], [fine_oracle(3)]).predict_array(hu, spacing_mm), crops
+    return Recording(plans, [coarse], [fine_oracle(3)]).predict_array(hu, spacing_mm, **predict_options), crops
 
 
 # ---- oracle cascade on a real label map (#16) -----------------------------------------------------
@@ -172,11 +172,12 @@ def test_a_coarse_region_longer_than_any_kidney_is_cut_and_kept_only_with_kidney
     scan = solitary.copy()
     scan[5:95, 80:96, 270:286] = 2  # 360 x 16 x 16 mm: the fine oracle calls it tumour, its rim (2 -> 0) kidney
     assert paper_plans().stage(FINE).max_kidney_extent_mm[0] == 210.0
-    result, crops = cascade(encode(scan), spacing)
+    result, crops = cascade(encode(scan), spacing, keep_probabilities=True)
     stride_mm = paper_plans().stage(FINE).network.stride * paper_plans().stage(FINE).spacing_mm[0]
     # cut: the 210 mm piece, two 12 mm margins, the stride fill and a slice of rounding (uncut: 400 mm)
     assert len(crops) == 2 and crops[1][1][0] * spacing[0] <= 210 + 2 * 12 + stride_mm + spacing[0]
     assert result.kidneys_found == 1 and not result.labels[..., 200:].any()  # 13 ml of rim 'kidney'
+    assert len(result.probabilities) == 1 and result.probabilities[0][0][2].stop < 200  # only the kept VOI's
     assert dice(result.labels > 0, solitary > 0) > 0.99
 
     scan[40:46, 75:100, 265:290] = 1  # 14 ml of kidney tissue on the region: now it stays, cut

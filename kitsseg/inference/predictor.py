@@ -246,7 +246,7 @@ class Predictor:
         """Canonical `(z, y, x)` HU array (any dtype) -> canonical uint8 label map.
 
         `keep_unprocessed` also returns the map before postprocessing; `keep_probabilities`
-        the fine probabilities of each VOI (float16, original grid) with its box. With a
+        the fine probabilities of each VOI whose labels were kept (float16, original grid) with its box. With a
         memory budget, VOIs that would exceed it stop before the fine stage (`source` names the input).
         """
         coarse, midline_x = self.coarse_probabilities(
@@ -267,9 +267,6 @@ class Predictor:
             probabilities = self.fine_probabilities(image_hu[seen_box], spacing_mm, held)
             with profiling.stage("probabilities back to the original grid"):
                 raw = self.labels_on_grid(probabilities, seen_shape, window)
-                if keep_probabilities:
-                    back = np.stack([resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
-                    result.probabilities.append((box, back))
             with profiling.stage("postprocessing"):
                 support = coarse_mask_in_box(mask, box, image_hu.shape)
                 labels = postprocess(raw, self.postprocess, support)
@@ -279,6 +276,10 @@ class Predictor:
                     continue  # a coarse region longer than any kidney, and the fine stage finds no kidney in it
                 paste(result.labels, box, labels)
                 result.kidneys_found += 1
+            if keep_probabilities:
+                with profiling.stage("probabilities back to the original grid"):
+                    back = np.stack([resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
+                    result.probabilities.append((box, back))
         with profiling.stage("postprocessing"):
             release_freed_memory()
             return self._as_label_values(result)
