@@ -32,6 +32,9 @@ INFERENCE_CONTEXT_MM = 0.0  # fine VOIs at inference: real image per side beyond
 # the longest plausible kidney region per axis, as a multiple of the fingerprint's 95th percentile (the longest of
 # 60 kidneys in each of the KiTS19 and KiTS23 benchmark fingerprints: 1.06-1.38x their 95th percentile)
 KIDNEY_EXTENT_FACTOR = 1.5
+# a VOI cut to that length keeps its labels only with this share of the median kidney box's volume in kidney tissue
+# (KiTS23 benchmark: 20 ml; the least of 477 real kidney sides in ../shared/data holds 43 ml)
+CUT_VOI_KIDNEY_FRACTION = 0.025
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class StagePlan:
     inference_context_mm: float = 0.0  # fine: real image the VOI is grown by, per side, before the fine pass
     # fine: the longest plausible kidney region per axis; a coarse piece is cut to it (0: no limit)
     max_kidney_extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    min_cut_voi_kidney_ml: float = 0.0  # fine: kidney tissue that a VOI cut to that extent must hold to stay
 
     @property
     def num_classes(self) -> int:
@@ -315,6 +319,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
     margin = voi_margin_mm(fingerprint.kidney_size_mm["median"], coarse_spacing)
     max_kidney_extent = tuple(round(KIDNEY_EXTENT_FACTOR * float(v), 2)
                               for v in fingerprint.kidney_size_mm["percentile_95"])
+    median_kidney_box_ml = float(np.prod(fingerprint.kidney_size_mm["median"])) / 1000
     classes = class_map_from_labels(labels)
     extents_mm = {
         COARSE: np.asarray(fingerprint.median_shape) * np.asarray(fingerprint.median_spacing_mm),
@@ -333,9 +338,10 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         if name == FINE:
             planned["voi_jitter_mm"] = coarse_spacing
         recipe = _build(TrainingRecipe, {**planned, **stage_preset.get("training", {})})
-        stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network,
-                                 margin if name == FINE else (0.0, 0.0, 0.0), recipe,
-                                 float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)) if name == FINE
-                                 else 0.0, max_kidney_extent if name == FINE else (0.0, 0.0, 0.0))
+        fine_only = {} if name != FINE else {
+            "voi_margin_mm": margin, "max_kidney_extent_mm": max_kidney_extent,
+            "inference_context_mm": float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)),
+            "min_cut_voi_kidney_ml": round(CUT_VOI_KIDNEY_FRACTION * median_kidney_box_ml, 2)}
+        stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network, training=recipe, **fine_only)
     return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

@@ -2,6 +2,7 @@
 output's voxels when read back with highdicom, the source's frame of reference; and left/right kidney
 volumes in summary.csv."""
 import csv
+import dataclasses
 import shutil
 import subprocess
 
@@ -17,6 +18,7 @@ from kitsseg.inference.predictor import Predictor
 from kitsseg.inference.run import predict_inputs
 from kitsseg.io import _dicom_series_files, from_canonical, load_volume
 from kitsseg.labels import ClassMap
+from kitsseg.planning import FINE
 from tests.test_predictor import LEVEL_HU, coarse_oracle, fine_oracle, middle_third, paper_plans
 
 KITS = ClassMap(("background", "kidney", "tumor", "cyst"), (0, 1, 2, 3))
@@ -74,7 +76,9 @@ def test_segment_numbers_follow_the_classes_not_the_label_values():
 def bone_predictor():
     """Oracles that mark bone (> 325 HU) as kidney in the middle third of the scan: real labels on the real series."""
     bone = lambda x: torch.cat([(x <= 0.5).float(), (x > 0.5).float(), -torch.ones_like(x)], 1) * 20  # noqa: E731
-    return Predictor(paper_plans(cysts=False), [middle_third], [bone])
+    plans = paper_plans(cysts=False)  # the middle third (167 mm across) is wider than any kidney: no length limit
+    plans.stages[FINE] = dataclasses.replace(plans.stage(FINE), max_kidney_extent_mm=(0.0, 0.0, 0.0))
+    return Predictor(plans, [middle_third], [bone])
 
 
 @pytest.mark.filterwarnings("ignore:.*the series has no")

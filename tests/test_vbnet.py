@@ -13,7 +13,8 @@ def test_paper_preset_networks_have_the_exact_parameter_count(labels):
     fingerprint = Fingerprint(cases={}, median_spacing_mm=(3.0, 0.8, 0.8), median_shape=(80, 512, 512),
                               foreground_intensity={"mean": 0.0, "std": 1.0, "percentile_00_5": 0.0,
                                                     "percentile_99_5": 1.0},
-                              kidney_size_mm={"median": [110.0, 80.0, 75.0]}, label_values=(0, 1, 2))
+                              kidney_size_mm={"median": [110.0, 80.0, 75.0], "percentile_95": [140.0, 95.0, 95.0]},
+                              label_values=(0, 1, 2))
     plans = plan_experiment(fingerprint, "K", labels, load_preset(DEFAULT_PRESET))
     for stage in (COARSE, FINE):
         network = VBNet(plans.stage(stage).network)

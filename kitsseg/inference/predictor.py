@@ -11,9 +11,10 @@ that fits is one pass); stages are timed for `--profile`.
 
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
 `LOWERED_COARSE_THRESHOLD`. A VOI whose coarse piece was longer than any kidney (`voi.Voi.cut`)
-keeps its labels only if they hold `MIN_CUT_VOI_KIDNEY_ML` of kidney tissue: a coarse net's false
-region holds next to none, a kidney joined to one does. Each VOI (`kitsseg.inference.voi`) is grown by the fine stage's
-`inference_context_mm` of real image on every side, and further up to the network's stride
+keeps its labels only if they hold the plans' `min_cut_voi_kidney_ml` of kidney tissue: a coarse
+net's false region holds next to none, a kidney joined to one does. Each VOI
+(`kitsseg.inference.voi`) is grown by the fine stage's `inference_context_mm` of real image on
+every side, and further up to the network's stride
 multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
 passes pad with what air normalises to) before the fine networks see it, and the probabilities
 are taken back on the VOI alone.
@@ -48,9 +49,6 @@ LOWERED_COARSE_THRESHOLD = 0.2
 # a coarse kidney-region mask larger than this is not kidneys (the largest kidneys + masses of 102 KiTS19
 # cases, bench_scale.py's fingerprint: 1.78 L)
 MAX_KIDNEY_REGION_ML = 8000.0
-# a VOI cut to the longest kidney (`Voi.cut`) keeps its labels only if they hold this much kidney tissue (class 1):
-# under half the least of 477 real kidney sides (43 ml; the KiTS19 and KiTS23 label maps of ../shared/data)
-MIN_CUT_VOI_KIDNEY_ML = 20.0
 ORGAN_CLASS = 1  # kitsseg.labels: 0 background, 1 the organ, then the lesions
 
 
@@ -260,7 +258,7 @@ class Predictor:
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), 0,
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold,
                                midline_x * image_hu.shape[2] / coarse.shape[3])
-        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        voxel_ml, min_kidney_ml = float(np.prod(spacing_mm)) / 1000.0, self.plans.stage(FINE).min_cut_voi_kidney_ml
         for (box, cut), seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
             window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
@@ -272,7 +270,7 @@ class Predictor:
                 labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
                     paste(result.unprocessed, box, raw)
-                if cut and np.count_nonzero(labels == ORGAN_CLASS) * voxel_ml < MIN_CUT_VOI_KIDNEY_ML:
+                if cut and np.count_nonzero(labels == ORGAN_CLASS) * voxel_ml < min_kidney_ml:
                     continue  # a coarse region longer than any kidney, and the fine stage finds no kidney in it
                 paste(result.labels, box, labels)
                 result.kidneys_found += 1
