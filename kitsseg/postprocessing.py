@@ -31,7 +31,7 @@ from kitsseg.errors import KitssegError
 
 MIN_SUPPORTED_SHARE = 0.5  # of a component's voxels inside the coarse kidney mask, to keep it beside the kidney
 LESION_WEIGHT = 1.0  # lesion probabilities' factor in the class decision: the plain argmax (entry 18)
-FIRST_LESION_CLASS = 2  # class indices: 0 background, 1 kidney, 2... lesions (kitsseg.labels)
+KIDNEY_CLASS, FIRST_LESION_CLASS = 1, 2  # class indices: 0 background, 1 kidney, 2... lesions (kitsseg.labels)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from kitsseg.kidney_sides import body_midline_x
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
                             network_stage_bytes, network_voxel_bytes, pass_allowance, release_freed_memory, voxels)
 from kitsseg.planning import COARSE, FINE, Plans, StagePlan
-from kitsseg.postprocessing import PostprocessConfig, class_weight, postprocess
+from kitsseg.postprocessing import KIDNEY_CLASS, PostprocessConfig, class_weight, postprocess
 from kitsseg.preprocessing import normalise
 from kitsseg.resampling import resample, shape_at_spacing
 
@@ -49,7 +49,6 @@ LOWERED_COARSE_THRESHOLD = 0.2
 # a coarse kidney-region mask larger than this is not kidneys (the largest kidneys + masses of 102 KiTS19
 # cases, bench_scale.py's fingerprint: 1.78 L)
 MAX_KIDNEY_REGION_ML = 8000.0
-ORGAN_CLASS = 1  # kitsseg.labels: 0 background, 1 the organ, then the lesions
 
 
 @dataclass
@@ -270,7 +269,7 @@ class Predictor:
                 labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
                     paste(result.unprocessed, box, raw)
-                if cut and np.count_nonzero(labels == ORGAN_CLASS) * voxel_ml < min_kidney_ml:
+                if cut and np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml < min_kidney_ml:
                     continue  # a coarse region longer than any kidney, and the fine stage finds no kidney in it
                 paste(result.labels, box, labels)
                 result.kidneys_found += 1
