@@ -189,6 +189,23 @@ def test_a_coarse_region_longer_than_any_kidney_is_cut_and_kept_only_with_kidney
     assert dice(result.labels[..., :200] > 0, solitary[..., :200] > 0) > 0.99
 
 
+def test_false_pieces_in_a_row_longer_than_any_kidney_are_cut_together_and_dropped(kits_labels):
+    """case_00194 of the KiTS23 split again (session 26): the coarse net marked two pieces in a row on
+    the empty side, each shorter than the plans' longest kidney (210 mm here) but 368 mm together; the
+    second joined the first's VOI (the tumour-lobe rule), so the VOI was 285 mm long, not cut, and its
+    708 ml of false tumour stayed. Joined pieces are now cut as one piece and dropped without kidney tissue."""
+    labels, spacing = kits_labels
+    solitary = padded_in_z(labels, 30)
+    solitary[..., 200:] = 0
+    scan = solitary.copy()
+    scan[3:48, 80:96, 270:286] = 2  # 180 mm, then a 20 mm gap (the grown boxes meet), then 168 mm
+    scan[53:95, 80:96, 270:286] = 2
+    assert ndi.label(scan[..., 200:] > 0, np.ones((3, 3, 3)))[1] == 2
+    result, crops = cascade(encode(scan), spacing)
+    assert result.kidneys_found == 1 and not result.labels[..., 200:].any()
+    assert dice(result.labels > 0, solitary > 0) > 0.99
+
+
 def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):
     """A coarse-only region (level 0.45: the coarse net sees it, the fine net calls it background) runs
     400 mm along z through the right kidney: the piece is cut to the window that holds the kidney."""
@@ -240,6 +257,17 @@ def test_a_piece_longer_than_the_longest_kidney_is_cut_to_the_window_holding_mos
                     max_extent_mm=limit)
     assert cut == [Voi(box((14, 38), (2, 16), (2, 16)), True)]  # z 8-18 (the first of five), grown by the margin
     assert vois(mask) == [box((0, 60), (2, 16), (2, 16))]  # no limit: the whole region
+
+
+def test_joined_pieces_longer_together_than_the_longest_kidney_are_cut_as_one():
+    mask = np.zeros((30, 10, 20), bool)
+    mask[0:8, 4:5, 4:5] = True  # 48 mm, then a one-voxel gap (the grown boxes meet) ...
+    mask[9:17, 3:6, 3:6] = True  # ... and a 48 mm piece of 9 voxels per slice: 102 mm joined
+    limit = (60.0, 60.0, 60.0)  # 10 coarse voxels: the window z 7-17 holds 73 voxels, z 8-18 72, z 6-16 65
+    cut = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0),
+                    max_extent_mm=limit)
+    assert cut == [Voi(box((12, 36), (4, 14), (4, 14)), True)]  # z 7-17, y and x 3-6, grown by the margin
+    assert vois(mask) == [box((0, 36), (4, 14), (4, 14))]  # no limit: both pieces' grown boxes
 
 
 def test_components_under_the_size_floor_are_ignored():

@@ -10,7 +10,7 @@ are one pass or tiles, as memory allows (`kitsseg.memory`; on a GPU its free mem
 that fits is one pass); stages are timed for `--profile`.
 
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
-`LOWERED_COARSE_THRESHOLD`. A VOI whose coarse piece was longer than any kidney (`voi.Voi.cut`)
+`LOWERED_COARSE_THRESHOLD`. A VOI whose coarse piece, or joined pieces, was longer than any kidney (`voi.Voi.cut`)
 keeps its labels only if they hold the plans' `min_cut_voi_kidney_ml` of kidney tissue: a coarse
 net's false region holds next to none, a kidney joined to one does. Each VOI
 (`kitsseg.inference.voi`) is grown by the fine stage's `inference_context_mm` of real image on

@@ -11,8 +11,9 @@ keeps its labels only if the fine stage finds kidney tissue in it. On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
-positives). The result: at most two VOIs, the patient's right first (x grows to the left in the
-canonical LPS orientation); they may overlap.
+positives). Joined pieces longer together than `max_kidney_extent_mm` are cut as one piece (short
+false pieces in a row are no kidney either). The result: at most two VOIs, the patient's right
+first (x grows to the left in the canonical LPS orientation); they may overlap.
 """
 from __future__ import annotations
 
@@ -29,7 +30,15 @@ MIN_SIDE_FRACTION = 0.2  # a component is cut at the midline only when each side
 
 class Voi(NamedTuple):
     box: Box  # original canonical voxels, grown by the margin
-    cut: bool  # its coarse piece was longer than the longest kidney and was cut to it
+    cut: bool  # its coarse piece (or its side's joined pieces) was longer than the longest kidney and was cut to it
+
+
+class _Piece(NamedTuple):
+    side: int
+    voxels: int
+    label: int  # its coarse component
+    mask: np.ndarray  # on the whole coarse grid
+    cut: bool
 
 
 def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape: Sequence[int]) -> Box:
@@ -73,6 +82,15 @@ def _cut_to_extent(piece: np.ndarray, max_voxels: Sequence[int]) -> np.ndarray:
     return piece
 
 
+def _cut_region(region: np.ndarray, max_voxels: Sequence[int]) -> tuple[np.ndarray, bool]:
+    """`_cut_to_extent` of a mask on the whole coarse grid, and whether it lost voxels."""
+    box = _bounding_box(region)
+    inside = _cut_to_extent(region[box].copy(), max_voxels)
+    cut = np.zeros_like(region)
+    cut[box] = inside
+    return cut, int(inside.sum()) < int(region[box].sum())
+
+
 def _bounding_box(mask: np.ndarray) -> Box:
     return ndi.find_objects(mask.astype(np.uint8))[0]
 
@@ -93,31 +111,36 @@ def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], origi
     midline_x = kidney_mask.shape[2] / 2 if midline_x is None else midline_x
     min_voxels = max(1, int(np.ceil(min_kidney_ml / (float(np.prod(coarse_spacing_mm)) / 1000.0))))
     max_voxels = [int(np.ceil(m / s)) for m, s in zip(max_extent_mm, coarse_spacing_mm)]
+
+    def grown(piece: np.ndarray) -> Box:
+        original = coarse_box_to_original(_bounding_box(piece), kidney_mask.shape, original_shape)
+        return grow_box(original, margin_mm, original_spacing_mm, original_shape)
+
     components, count = ndi.label(kidney_mask, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=count + 1)
-    pieces = []  # (side, -voxels, label, grown original box, cut): sorted, the largest first per side
+    pieces = []
     for label, box in enumerate(ndi.find_objects(components), 1):
         if sizes[label] < min_voxels:
             continue
         for side, piece in _side_pieces(components[box] == label, midline_x - box[2].start):
-            before_cut = int(piece.sum())
-            piece = _cut_to_extent(piece, max_voxels)
-            voxels = int(piece.sum())
-            coarse_box = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, _bounding_box(piece)))
-            original = coarse_box_to_original(coarse_box, kidney_mask.shape, original_shape)
-            pieces.append((side, -voxels, label, grow_box(original, margin_mm, original_spacing_mm, original_shape),
-                           voxels < before_cut))
+            whole = np.zeros(kidney_mask.shape, bool)
+            whole[box] = piece
+            whole, cut = _cut_region(whole, max_voxels)
+            pieces.append(_Piece(side, int(whole.sum()), label, whole, cut))
     vois = []
     for side in (0, 1):
-        ordered = sorted(p for p in pieces if p[0] == side)
+        ordered = sorted((p for p in pieces if p.side == side), key=lambda p: (-p.voxels, p.label))
         if not ordered:
             continue
-        voi, rest, grown = ordered[0][3], [p[3] for p in ordered[1:]], True
-        while grown:
-            joining = [b for b in rest if _meets(voi, b)]
-            rest = [b for b in rest if not _meets(voi, b)]
-            for b in joining:
-                voi = _union(voi, b)
-            grown = bool(joining)
-        vois.append(Voi(voi, ordered[0][4]))
+        region, cut, voi = ordered[0].mask, ordered[0].cut, grown(ordered[0].mask)
+        rest, joined = [(grown(p.mask), p) for p in ordered[1:]], False
+        while joining := [(b, p) for b, p in rest if _meets(voi, b)]:
+            rest = [(b, p) for b, p in rest if not _meets(voi, b)]
+            for b, p in joining:
+                voi, region, cut, joined = _union(voi, b), region | p.mask, cut or p.cut, True
+        if joined:
+            region, region_cut = _cut_region(region, max_voxels)
+            if region_cut:
+                voi, cut = grown(region), True
+        vois.append(Voi(voi, cut))
     return vois
