@@ -32,9 +32,10 @@ INFERENCE_CONTEXT_MM = 0.0  # fine VOIs at inference: real image per side beyond
 # the longest plausible kidney region per axis, as a multiple of the fingerprint's 95th percentile (the longest of
 # 60 kidneys in each of the KiTS19 and KiTS23 benchmark fingerprints: 1.06-1.38x their 95th percentile)
 KIDNEY_EXTENT_FACTOR = 1.5
-# a VOI cut to that length keeps its labels only with this share of the median kidney box's volume in kidney tissue
-# (KiTS23 benchmark: 20 ml; the least of 477 real kidney sides in ../shared/data holds 43 ml)
-CUT_VOI_KIDNEY_FRACTION = 0.025
+# a VOI keeps its labels only with this share of the median kidney box's volume in kidney tissue, unless no VOI of
+# the scan has it (KiTS23 benchmark: 20 ml; the least of 477 real kidney sides in ../shared/data holds 43 ml)
+VOI_KIDNEY_FRACTION = 0.025
+LEGACY_STAGE_KEYS = {"min_cut_voi_kidney_ml": "min_voi_kidney_ml"}  # plans of 2dab420-3255ec8
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class StagePlan:
     inference_context_mm: float = 0.0  # fine: real image the VOI is grown by, per side, before the fine pass
     # fine: the longest plausible kidney region per axis; a coarse piece is cut to it (0: no limit)
     max_kidney_extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    min_cut_voi_kidney_ml: float = 0.0  # fine: kidney tissue that a VOI cut to that extent must hold to stay
+    min_voi_kidney_ml: float = 0.0  # fine: kidney tissue a VOI must hold to stay, when another VOI holds it
 
     @property
     def num_classes(self) -> int:
@@ -178,7 +179,7 @@ class Plans:
                 raise ValueError(f"version {data.get('version')!r} (expected {PLANS_VERSION})")
             stages = {}
             for name, stage in data["stages"].items():
-                stage = {k: v for k, v in stage.items() if k != "num_classes"}
+                stage = {LEGACY_STAGE_KEYS.get(k, k): v for k, v in stage.items() if k != "num_classes"}
                 stages[name] = _build(StagePlan, {**stage, "network": _build(NetworkConfig, stage["network"]),
                                                   "training": _build(TrainingRecipe, stage.get("training", {}))})
             classes = ClassMap.from_dict(data["classes"]) if "classes" in data else None
@@ -341,7 +342,7 @@ def plan_experiment(fingerprint: Fingerprint, dataset_name: str, labels: dict, p
         fine_only = {} if name != FINE else {
             "voi_margin_mm": margin, "max_kidney_extent_mm": max_kidney_extent,
             "inference_context_mm": float(stage_preset.get("inference_context_mm", INFERENCE_CONTEXT_MM)),
-            "min_cut_voi_kidney_ml": round(CUT_VOI_KIDNEY_FRACTION * median_kidney_box_ml, 2)}
+            "min_voi_kidney_ml": round(VOI_KIDNEY_FRACTION * median_kidney_box_ml, 2)}
         stages[name] = StagePlan(name, spacing, patch, int(batch), class_names, network, training=recipe, **fine_only)
     return Plans(PLANS_VERSION, dataset_name, dict(labels), intensity, stages, classes)
 

@@ -173,7 +173,7 @@ def test_a_coarse_region_longer_than_any_kidney_is_cut_and_kept_only_with_kidney
     scan = solitary.copy()
     scan[5:95, 80:96, 270:286] = 2  # 360 x 16 x 16 mm: the fine oracle calls it tumour, its rim (2 -> 0) kidney
     fine = paper_plans().stage(FINE)
-    assert fine.max_kidney_extent_mm[0] == 210.0 and fine.min_cut_voi_kidney_ml == 16.5
+    assert fine.max_kidney_extent_mm[0] == 210.0 and fine.min_voi_kidney_ml == 16.5
     result, crops = cascade(encode(scan), spacing, keep_probabilities=True)
     stride_mm = fine.network.stride * fine.spacing_mm[0]
     # cut: the 210 mm piece, two 12 mm margins, the stride fill and a slice of rounding (uncut: 400 mm)
@@ -204,6 +204,26 @@ def test_false_pieces_in_a_row_longer_than_any_kidney_are_cut_together_and_dropp
     result, crops = cascade(encode(scan), spacing)
     assert result.kidneys_found == 1 and not result.labels[..., 200:].any()
     assert dice(result.labels > 0, solitary > 0) > 0.99
+
+
+def test_a_false_region_of_kidney_length_without_kidney_tissue_goes_beside_a_kidney_and_stays_alone(kits_labels):
+    """case_00194 once more (session 26): the joined false pieces were 253 mm, within the longest kidney
+    at the coarse grid's rounding, and held 0 ml of kidney. Every VOI needs the plans' kidney tissue
+    (16.5 ml here) while another VOI of the scan has it; a scan whose VOIs all lack it keeps them."""
+    labels, spacing = kits_labels
+    solitary = padded_in_z(labels, 30)
+    solitary[..., 200:] = 0
+    scan = solitary.copy()
+    scan[30:70, 80:96, 270:286] = 2  # 160 mm: no cut; the fine oracle's rim 'kidney' is about 6 ml
+    result, _ = cascade(encode(scan), spacing, keep_probabilities=True)
+    assert result.kidneys_found == 1 and not result.labels[..., 200:].any()
+    assert len(result.probabilities) == 1 and result.probabilities[0][0][2].stop < 200
+    assert dice(result.labels > 0, solitary > 0) > 0.99
+
+    alone = np.zeros_like(scan)
+    alone[30:70, 80:96, 270:286] = 2
+    result, _ = cascade(encode(alone), spacing)
+    assert result.kidneys_found == 1 and dice(result.labels > 0, alone > 0) > 0.8
 
 
 def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):

@@ -53,6 +53,14 @@ def test_json_round_trip(tmp_path):
     assert json.loads(path.read_text())["stages"][FINE]["num_classes"] == 3
 
 
+def test_the_voi_kidney_floor_is_planned_and_read_under_its_earlier_name():
+    plans = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET))
+    assert plans.stage(FINE).min_voi_kidney_ml == 16.5  # 2.5 % of the 110 x 80 x 75 mm median kidney box
+    data = plans.to_dict()
+    data["stages"][FINE]["min_cut_voi_kidney_ml"] = data["stages"][FINE].pop("min_voi_kidney_ml")  # 2dab420-3255ec8
+    assert Plans.from_dict(data) == plans
+
+
 def test_hand_edited_plans_change_the_stage_hash(tmp_path):
     plans = plan_experiment(fingerprint(), "K", LABELS, load_preset(DEFAULT_PRESET))
     data = plans.to_dict()

@@ -10,9 +10,10 @@ are one pass or tiles, as memory allows (`kitsseg.memory`; on a GPU its free mem
 that fits is one pass); stages are timed for `--profile`.
 
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
-`LOWERED_COARSE_THRESHOLD`. A VOI whose coarse piece, or joined pieces, was longer than any kidney (`voi.Voi.cut`)
-keeps its labels only if they hold the plans' `min_cut_voi_kidney_ml` of kidney tissue: a coarse
-net's false region holds next to none, a kidney joined to one does. Each VOI
+`LOWERED_COARSE_THRESHOLD`. A VOI keeps its labels only if they hold the plans' `min_voi_kidney_ml`
+of kidney tissue, unless no VOI of the scan does: a coarse net's false region beside a kidney holds
+next to none, a real kidney side does (a VOI whose coarse piece, or joined pieces, was longer than
+any kidney is first cut to one: `voi.Voi.cut`). Each VOI
 (`kitsseg.inference.voi`) is grown by the fine stage's `inference_context_mm` of real image on
 every side, and further up to the network's stride
 multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
@@ -257,26 +258,28 @@ class Predictor:
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), 0,
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold,
                                midline_x * image_hu.shape[2] / coarse.shape[3])
-        voxel_ml, min_kidney_ml = float(np.prod(spacing_mm)) / 1000.0, self.plans.stage(FINE).min_cut_voi_kidney_ml
-        for (box, cut), seen_box in zip(vois, seen):
+        voxel_ml, min_kidney_ml = float(np.prod(spacing_mm)) / 1000.0, self.plans.stage(FINE).min_voi_kidney_ml
+        found = []  # (box, labels, kidney ml, probabilities or None) per VOI
+        for voi, seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
-            window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
+            window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(voi.box, seen_box))
             probabilities = self.fine_probabilities(image_hu[seen_box], spacing_mm, held)
             with profiling.stage("probabilities back to the original grid"):
                 raw = self.labels_on_grid(probabilities, seen_shape, window)
+                back = None if not keep_probabilities else np.stack(
+                    [resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
             with profiling.stage("postprocessing"):
-                support = coarse_mask_in_box(mask, box, image_hu.shape)
+                support = coarse_mask_in_box(mask, voi.box, image_hu.shape)
                 labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
-                    paste(result.unprocessed, box, raw)
-                if cut and np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml < min_kidney_ml:
-                    continue  # a coarse region longer than any kidney, and the fine stage finds no kidney in it
-                paste(result.labels, box, labels)
-                result.kidneys_found += 1
+                    paste(result.unprocessed, voi.box, raw)
+            found.append((voi.box, labels, np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml, back))
+        with_kidney = [f for f in found if f[2] >= min_kidney_ml]
+        for box, labels, _, back in with_kidney or found:  # a false region beside a kidney holds next to none
+            paste(result.labels, box, labels)
+            result.kidneys_found += 1
             if keep_probabilities:
-                with profiling.stage("probabilities back to the original grid"):
-                    back = np.stack([resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
-                    result.probabilities.append((box, back))
+                result.probabilities.append((box, back))
         with profiling.stage("postprocessing"):
             release_freed_memory()
             return self._as_label_values(result)
