@@ -6,8 +6,8 @@ on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut t
 piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis is not a
 kidney alone (it is a coarse net's false region, or a kidney joined to one): it is cut to the
 window of that length holding most of its voxels, so a false region costs at most a kidney-sized
-VOI and a kidney joined to one keeps its VOI; the VOI says it was cut (`Voi.cut`), and the cascade
-keeps its labels only if the fine stage finds kidney tissue in it. On each
+VOI and a kidney joined to one keeps its VOI; the VOI says it was cut (`Voi.cut`). (The cascade
+keeps any VOI's labels only if the fine stage finds kidney tissue in it.) On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
