@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from kitsseg.inference.predictor import Predictor
-from kitsseg.inference.voi import Voi, find_vois
+from kitsseg.inference.voi import find_vois
 from kitsseg.planning import COARSE, FINE, IntensityConfig
 from kitsseg.postprocessing import keep_kidney_component
 from tests.test_predictor import LEVEL_HU, coarse_oracle, decode, dice, fine_oracle, paper_plans
@@ -249,9 +249,7 @@ def test_a_kidney_joined_to_a_long_false_region_keeps_its_voi(kits_labels):
 # ---- VOIs from the coarse mask (#20): hand-computed boxes -------------------------------------------
 # coarse grid 6 mm, original grid 3 mm (two voxels per coarse voxel), margin 6 mm (two original voxels)
 def vois(mask, midline_x=None):
-    found = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0), midline_x)
-    assert not any(voi.cut for voi in found)
-    return [voi.box for voi in found]
+    return find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0), midline_x)
 
 
 def box(*bounds):
@@ -275,7 +273,7 @@ def test_a_piece_longer_than_the_longest_kidney_is_cut_to_the_window_holding_mos
     limit = (60.0, 60.0, 60.0)  # 10 coarse voxels: the windows from z 8-18 to 12-22 hold the blob and 4 more
     cut = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0),
                     max_extent_mm=limit)
-    assert cut == [Voi(box((14, 38), (2, 16), (2, 16)), True)]  # z 8-18 (the first of five), grown by the margin
+    assert cut == [box((14, 38), (2, 16), (2, 16))]  # z 8-18 (the first of five), grown by the margin
     assert vois(mask) == [box((0, 60), (2, 16), (2, 16))]  # no limit: the whole region
 
 
@@ -286,7 +284,7 @@ def test_joined_pieces_longer_together_than_the_longest_kidney_are_cut_as_one():
     limit = (60.0, 60.0, 60.0)  # 10 coarse voxels: the window z 7-17 holds 73 voxels, z 8-18 72, z 6-16 65
     cut = find_vois(mask, (6.0, 6.0, 6.0), [2 * n for n in mask.shape], (3.0, 3.0, 3.0), (6.0, 6.0, 6.0),
                     max_extent_mm=limit)
-    assert cut == [Voi(box((12, 36), (4, 14), (4, 14)), True)]  # z 7-17, y and x 3-6, grown by the margin
+    assert cut == [box((12, 36), (4, 14), (4, 14))]  # z 7-17, y and x 3-6, grown by the margin
     assert vois(mask) == [box((0, 36), (4, 14), (4, 14))]  # no limit: both pieces' grown boxes
 
 

@@ -12,8 +12,8 @@ that fits is one pass); stages are timed for `--profile`.
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
 `LOWERED_COARSE_THRESHOLD`. A VOI keeps its labels only if they hold the plans' `min_voi_kidney_ml`
 of kidney tissue, unless no VOI of the scan does: a coarse net's false region beside a kidney holds
-next to none, a real kidney side does (a VOI whose coarse piece, or joined pieces, was longer than
-any kidney is first cut to one: `voi.Voi.cut`). Each VOI
+next to none, a real kidney side does (a coarse piece, or joined pieces, longer than any kidney
+is first cut to one: `kitsseg.inference.voi`). Each VOI
 (`kitsseg.inference.voi`) is grown by the fine stage's `inference_context_mm` of real image on
 every side, and further up to the network's stride
 multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
@@ -34,7 +34,7 @@ from kitsseg.boxes import Box, box_shape
 from kitsseg.errors import KitssegError
 from kitsseg.inference.engine import Engine
 from kitsseg.inference.sliding_window import planned_overlap, predict_volume, tile_for
-from kitsseg.inference.voi import Voi, coarse_mask_in_box, find_vois
+from kitsseg.inference.voi import coarse_mask_in_box, find_vois
 from kitsseg.io import CaseProperties, align_to_axes, labels_onto, to_canonical, to_sitk
 from kitsseg.kidney_sides import body_midline_x
 from kitsseg.memory import (PASS_OVERHEAD_BYTES, MemoryBudget, case_input_bytes, grid_argmax_bytes, network_pass_bytes,
@@ -202,7 +202,7 @@ class Predictor:
 
     # ---- cascade ------------------------------------------------------------------------------
     def _kidney_vois(self, coarse: np.ndarray, midline_x: float, shape,
-                     spacing_mm) -> tuple[list[Voi], np.ndarray, float]:
+                     spacing_mm) -> tuple[list[Box], np.ndarray, float]:
         """VOIs of the voxels whose kidney-region probability (1 - background's) exceeds 0.5, else
         `LOWERED_COARSE_THRESHOLD`: (VOIs, the coarse kidney mask, the threshold that found them). A mask
         over `MAX_KIDNEY_REGION_ML` is no kidney (an untrained or misled coarse net marking the body):
@@ -251,8 +251,8 @@ class Predictor:
             image_hu, spacing_mm, self._held_bytes(image_hu.shape, image_hu.itemsize, keep_unprocessed))
         with profiling.stage("VOI extraction and resampling"):
             vois, mask, threshold = self._kidney_vois(coarse, midline_x, image_hu.shape, spacing_mm)
-            seen = [self._with_context(voi.box, image_hu.shape, spacing_mm) for voi in vois]
-            held = self._voi_held_bytes(image_hu, [voi.box for voi in vois], keep_unprocessed, keep_probabilities)
+            seen = [self._with_context(box, image_hu.shape, spacing_mm) for box in vois]
+            held = self._voi_held_bytes(image_hu, vois, keep_unprocessed, keep_probabilities)
             if self.memory is not None:
                 self._require_voi_memory(source, spacing_mm, seen, held)
         result = CascadeResult(np.zeros(image_hu.shape, np.uint8), 0,
@@ -260,20 +260,20 @@ class Predictor:
                                midline_x * image_hu.shape[2] / coarse.shape[3])
         voxel_ml, min_kidney_ml = float(np.prod(spacing_mm)) / 1000.0, self.plans.stage(FINE).min_voi_kidney_ml
         found = []  # (box, labels, kidney ml, probabilities or None) per VOI
-        for voi, seen_box in zip(vois, seen):
+        for box, seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
-            window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(voi.box, seen_box))
+            window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
             probabilities = self.fine_probabilities(image_hu[seen_box], spacing_mm, held)
             with profiling.stage("probabilities back to the original grid"):
                 raw = self.labels_on_grid(probabilities, seen_shape, window)
                 back = None if not keep_probabilities else np.stack(
                     [resample(p, seen_shape, window).astype(np.float16) for p in probabilities])
             with profiling.stage("postprocessing"):
-                support = coarse_mask_in_box(mask, voi.box, image_hu.shape)
+                support = coarse_mask_in_box(mask, box, image_hu.shape)
                 labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
-                    paste(result.unprocessed, voi.box, raw)
-            found.append((voi.box, labels, np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml, back))
+                    paste(result.unprocessed, box, raw)
+            found.append((box, labels, np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml, back))
         with_kidney = [f for f in found if f[2] >= min_kidney_ml]
         for box, labels, _, back in with_kidney or found:  # a false region beside a kidney holds next to none
             paste(result.labels, box, labels)

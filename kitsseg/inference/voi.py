@@ -6,8 +6,8 @@ on each side (a horseshoe kidney, or two kidneys the coarse net joined) is cut t
 piece per side. A piece longer than the plans' `max_kidney_extent_mm` along an axis is not a
 kidney alone (it is a coarse net's false region, or a kidney joined to one): it is cut to the
 window of that length holding most of its voxels, so a false region costs at most a kidney-sized
-VOI and a kidney joined to one keeps its VOI; the VOI says it was cut (`Voi.cut`). (The cascade
-keeps any VOI's labels only if the fine stage finds kidney tissue in it.) On each
+VOI and a kidney joined to one keeps its VOI (the cascade keeps any VOI's labels only if the fine
+stage finds kidney tissue in it). On each
 side the largest piece makes the VOI (the lowest component label among equal sizes), grown by
 the margin; other pieces on that side whose grown boxes meet the VOI join it (a tumour lobe
 the coarse net saw apart from its kidney), and pieces away from it are dropped (false
@@ -28,17 +28,11 @@ MIN_KIDNEY_ML = 1.0
 MIN_SIDE_FRACTION = 0.2  # a component is cut at the midline only when each side holds this share of it
 
 
-class Voi(NamedTuple):
-    box: Box  # original canonical voxels, grown by the margin
-    cut: bool  # its coarse piece (or its side's joined pieces) was longer than the longest kidney and was cut to it
-
-
 class _Piece(NamedTuple):
     side: int
     voxels: int
     label: int  # its coarse component
     mask: np.ndarray  # on the whole coarse grid
-    cut: bool
 
 
 def coarse_box_to_original(box: Box, coarse_shape: Sequence[int], original_shape: Sequence[int]) -> Box:
@@ -82,13 +76,12 @@ def _cut_to_extent(piece: np.ndarray, max_voxels: Sequence[int]) -> np.ndarray:
     return piece
 
 
-def _cut_region(region: np.ndarray, max_voxels: Sequence[int]) -> tuple[np.ndarray, bool]:
-    """`_cut_to_extent` of a mask on the whole coarse grid, and whether it lost voxels."""
+def _cut_region(region: np.ndarray, max_voxels: Sequence[int]) -> np.ndarray:
+    """`_cut_to_extent` of a mask on the whole coarse grid."""
     box = _bounding_box(region)
-    inside = _cut_to_extent(region[box].copy(), max_voxels)
     cut = np.zeros_like(region)
-    cut[box] = inside
-    return cut, int(inside.sum()) < int(region[box].sum())
+    cut[box] = _cut_to_extent(region[box].copy(), max_voxels)
+    return cut
 
 
 def _bounding_box(mask: np.ndarray) -> Box:
@@ -105,9 +98,9 @@ def _union(a: Box, b: Box) -> Box:
 
 def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], original_shape: Sequence[int],
               original_spacing_mm: Sequence[float], margin_mm: Sequence[float], midline_x: float | None = None,
-              min_kidney_ml: float = MIN_KIDNEY_ML, max_extent_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[Voi]:
-    """VOIs, one per side of `midline_x` (coarse voxel-edge units, default the scan's centre) that
-    holds a kidney piece, grown by the margin (module docstring)."""
+              min_kidney_ml: float = MIN_KIDNEY_ML, max_extent_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[Box]:
+    """VOI boxes (original canonical voxels), one per side of `midline_x` (coarse voxel-edge units,
+    default the scan's centre) that holds a kidney piece, grown by the margin (module docstring)."""
     midline_x = kidney_mask.shape[2] / 2 if midline_x is None else midline_x
     min_voxels = max(1, int(np.ceil(min_kidney_ml / (float(np.prod(coarse_spacing_mm)) / 1000.0))))
     max_voxels = [int(np.ceil(m / s)) for m, s in zip(max_extent_mm, coarse_spacing_mm)]
@@ -125,22 +118,18 @@ def find_vois(kidney_mask: np.ndarray, coarse_spacing_mm: Sequence[float], origi
         for side, piece in _side_pieces(components[box] == label, midline_x - box[2].start):
             whole = np.zeros(kidney_mask.shape, bool)
             whole[box] = piece
-            whole, cut = _cut_region(whole, max_voxels)
-            pieces.append(_Piece(side, int(whole.sum()), label, whole, cut))
+            whole = _cut_region(whole, max_voxels)
+            pieces.append(_Piece(side, int(whole.sum()), label, whole))
     vois = []
     for side in (0, 1):
         ordered = sorted((p for p in pieces if p.side == side), key=lambda p: (-p.voxels, p.label))
         if not ordered:
             continue
-        region, cut, voi = ordered[0].mask, ordered[0].cut, grown(ordered[0].mask)
-        rest, joined = [(grown(p.mask), p) for p in ordered[1:]], False
-        while joining := [(b, p) for b, p in rest if _meets(voi, b)]:
-            rest = [(b, p) for b, p in rest if not _meets(voi, b)]
-            for b, p in joining:
-                voi, region, cut, joined = _union(voi, b), region | p.mask, cut or p.cut, True
-        if joined:
-            region, region_cut = _cut_region(region, max_voxels)
-            if region_cut:
-                voi, cut = grown(region), True
-        vois.append(Voi(voi, cut))
+        voi, region = grown(ordered[0].mask), ordered[0].mask
+        rest = [(grown(p.mask), p.mask) for p in ordered[1:]]
+        while joining := [(b, m) for b, m in rest if _meets(voi, b)]:
+            rest = [(b, m) for b, m in rest if not _meets(voi, b)]
+            for b, m in joining:
+                voi, region = _union(voi, b), region | m
+        vois.append(grown(_cut_region(region, max_voxels)))  # the joined boxes' union when nothing is cut
     return vois
