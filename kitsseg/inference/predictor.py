@@ -12,13 +12,11 @@ that fits is one pass); stages are timed for `--profile`.
 When the coarse stage finds no kidney at probability 0.5 it is asked once more at
 `LOWERED_COARSE_THRESHOLD`. A VOI keeps its labels only if they hold the plans' `min_voi_kidney_ml`
 of kidney tissue, unless no VOI of the scan does: a coarse net's false region beside a kidney holds
-next to none, a real kidney side does (a coarse piece, or joined pieces, longer than any kidney
-is first cut to one: `kitsseg.inference.voi`). Each VOI
-(`kitsseg.inference.voi`) is grown by the fine stage's `inference_context_mm` of real image on
-every side, and further up to the network's stride
-multiple, which a pass would otherwise fill with padding (clipped to the scan; beyond the scan the
-passes pad with what air normalises to) before the fine networks see it, and the probabilities
-are taken back on the VOI alone.
+next to none, a real kidney side does. Each VOI (`kitsseg.inference.voi`: coarse pieces longer
+than any kidney are cut to one) is grown by the fine stage's `inference_context_mm` of real image
+on every side, and further up to the network's stride multiple, which a pass would otherwise fill
+with padding (clipped to the scan; beyond the scan the passes pad with what air normalises to)
+before the fine networks see it, and the probabilities are taken back on the VOI alone.
 """
 from __future__ import annotations
 
@@ -259,7 +257,7 @@ class Predictor:
                                np.zeros(image_hu.shape, np.uint8) if keep_unprocessed else None, [], threshold,
                                midline_x * image_hu.shape[2] / coarse.shape[3])
         voxel_ml, min_kidney_ml = float(np.prod(spacing_mm)) / 1000.0, self.plans.stage(FINE).min_voi_kidney_ml
-        found = []  # (box, labels, kidney ml, probabilities or None) per VOI
+        found, kidney_ml = [], []  # per VOI: (box, labels, probabilities or None), its kidney tissue
         for box, seen_box in zip(vois, seen):
             seen_shape = box_shape(seen_box)
             window = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, seen_box))
@@ -273,9 +271,10 @@ class Predictor:
                 labels = postprocess(raw, self.postprocess, support)
                 if keep_unprocessed:
                     paste(result.unprocessed, box, raw)
-            found.append((box, labels, np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml, back))
-        with_kidney = [f for f in found if f[2] >= min_kidney_ml]
-        for box, labels, _, back in with_kidney or found:  # a false region beside a kidney holds next to none
+            found.append((box, labels, back))
+            kidney_ml.append(np.count_nonzero(labels == KIDNEY_CLASS) * voxel_ml)
+        with_kidney = [f for f, ml in zip(found, kidney_ml) if ml >= min_kidney_ml]
+        for box, labels, back in with_kidney or found:  # a false region beside a kidney holds next to none
             paste(result.labels, box, labels)
             result.kidneys_found += 1
             if keep_probabilities:
