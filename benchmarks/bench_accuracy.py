@@ -144,7 +144,8 @@ def cyst_dice(reference: Path, prediction: Path) -> float:
 
 
 RECIPE_FLAGS = {"lr": "--lr", "loss": "--loss", "lesion_fraction": "--lesion-fraction",
-                "augment_strength": "--augment", "iters_per_epoch": "--iters-per-epoch"}
+                "augment_strength": "--augment", "iters_per_epoch": "--iters-per-epoch",
+                "lesion_paste_fraction": "--lesion-paste"}
 
 
 def recipe_flags(args: argparse.Namespace, stage: str) -> list:
@@ -282,6 +283,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help=f"kitsseg: initial learning rate {recipe}")
     parser.add_argument("--loss", help=f"kitsseg: training loss {recipe}")
     parser.add_argument("--lesion-fraction", type=float, help=f"kitsseg: crops centred on lesions {recipe}")
+    parser.add_argument("--lesion-paste", dest="lesion_paste_fraction", type=float,
+                        help=f"kitsseg: fine crops holding kidney that get a pasted lesion {recipe}")
     parser.add_argument("--augment", dest="augment_strength", type=float, help=f"kitsseg: augmentation strength {recipe}")
     parser.add_argument("--seed", type=int, default=0, help="kitsseg: kits_train's random seed (default: 0), "
                         "to repeat a run")

@@ -33,7 +33,8 @@ EXTRA_VALIDATION_CASES = ["case_00018", "case_00019", "case_00075", "case_00076"
                           "case_00083", "case_00085", "case_00094", "case_00097", "case_00106", "case_00121",
                           "case_00127", "case_00129"]
 VARIANTS = {"baseline": [], "crop_dice_ce": ["--loss", "crop_dice_ce"], "lesion_0.5": ["--lesion-fraction", "0.5"],
-            "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"]}
+            "augment_0.5": ["--augment", "0.5"], "lr_1e-2": ["--lr", "1e-2"],
+            "lesion_paste_0.5": ["--lesion-paste", "0.5"]}
 STAGE_VARIANTS = {"bottleneck_16": {"network": {"bottleneck_min_channels": 16}},
                   "deep_supervision": {"network": {"deep_supervision_levels": 2}},
                   "batch_3": {"batch_size": 3},

@@ -178,7 +178,7 @@ def plan_and_preprocess_main(argv: list[str] | None = None) -> int:
 
 
 RECIPE_FLAGS = ("epochs", "iters_per_epoch", "val_iters", "lr", "loss", "num_workers", "augment_strength",
-                "lesion_fraction", "outside_fraction", "time_budget_min")
+                "lesion_fraction", "outside_fraction", "lesion_paste_fraction", "time_budget_min")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -233,6 +233,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outside-fraction", type=float,
                         help="fine stage: share of crops centred anywhere in the VOI rather than in the "
                              f"kidney mask {recipe}, e.g. 0, the paper)")
+    parser.add_argument("--lesion-paste", dest="lesion_paste_fraction", type=float, metavar="FRACTION",
+                        help="fine stage: share of crops holding kidney that get a training case's tumour or cyst "
+                             f"pasted into the kidney, rescaled to 1-30 ml {recipe}, e.g. 0)")
     parser.add_argument("--time-budget", dest="time_budget_min", type=float, metavar="MINUTES",
                         help="train until this much wall-clock time is spent; the learning rate follows it "
                              f"{recipe}; 0 = by epochs)")

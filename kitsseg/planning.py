@@ -94,7 +94,9 @@ class TrainingRecipe:
     iterations, or over `time_budget_min` minutes of wall clock when that is above 0. A fine crop's
     centre class is drawn first: a lesion (tumour, cyst) with `lesion_fraction`, background inside
     the VOI with `outside_fraction`, kidney otherwise; each face of the VOI is moved at random by
-    up to `voi_jitter_mm` (planned: one coarse voxel, the coarse stage's typical error).
+    up to `voi_jitter_mm` (planned: one coarse voxel, the coarse stage's typical error). A share
+    `lesion_paste_fraction` of the crops that hold kidney get a training case's lesion pasted in,
+    rescaled to 1-30 ml (`kitsseg.training.lesion_paste`).
     """
 
     loss: str = "gdice_ce"
@@ -106,6 +108,7 @@ class TrainingRecipe:
     lesion_fraction: float = 0.33
     outside_fraction: float = 0.0
     voi_jitter_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lesion_paste_fraction: float = 0.0
     augment_strength: float = 1.0
     num_workers: int = 2
 

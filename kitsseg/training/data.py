@@ -9,6 +9,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from kitsseg.training.augmentation import build_augmentation, sample_size
+from kitsseg.training.lesion_paste import LesionPaste
 from kitsseg.training.sampling import CachedVolume, CropSampler
 
 
@@ -20,9 +21,11 @@ class CropLoader:
     """
 
     def __init__(self, volumes: list[CachedVolume], sampler: CropSampler, size: Sequence[int],
-                 batch_size: int, merge_foreground: bool, seed: int):
+                 batch_size: int, merge_foreground: bool, seed: int, paste: LesionPaste | None = None,
+                 paste_margin: Sequence[int] = (0, 0, 0)):
         self.volumes, self.sampler, self.size = volumes, sampler, tuple(size)
         self.batch_size, self.merge_foreground, self.seed = batch_size, merge_foreground, seed
+        self.paste, self.paste_margin = paste, tuple(paste_margin)
         self.rng = np.random.default_rng([seed, 0])
 
     def set_thread_id(self, thread_id: int) -> None:
@@ -35,16 +38,23 @@ class CropLoader:
         images, labels = [], []
         for _ in range(self.batch_size):
             image, label = self.sampler.sample(self.volumes, self.size, self.rng)
-            images.append(image.astype(np.float32))
+            image = image.astype(np.float32)
+            if self.paste is not None:
+                self.paste(image, label, self.paste_margin, self.rng)
+            images.append(image)
             labels.append((label > 0) if self.merge_foreground else label)
         return {"data": np.stack(images)[:, None], "seg": np.stack(labels)[:, None].astype(np.int16)}
 
 
 def make_batches(volumes: list[CachedVolume], sampler: CropSampler, patch_size: Sequence[int], batch_size: int,
-                 merge_foreground: bool, seed: int, augment_strength: float, num_workers: int):
-    """An iterator of augmented training batches (augmentation off when strength is 0)."""
+                 merge_foreground: bool, seed: int, augment_strength: float, num_workers: int,
+                 paste: LesionPaste | None = None):
+    """An iterator of augmented training batches (augmentation off when strength is 0), with
+    lesions pasted into crops by `paste` before augmentation."""
     augment = augment_strength > 0
-    loader = CropLoader(volumes, sampler, sample_size(patch_size, augment), batch_size, merge_foreground, seed)
+    size = sample_size(patch_size, augment)
+    margin = [(s - p) // 2 for s, p in zip(size, patch_size)]  # what the spatial transform crops away
+    loader = CropLoader(volumes, sampler, size, batch_size, merge_foreground, seed, paste, margin)
     transform = build_augmentation(patch_size, sampler.pad_value, augment_strength) if augment else None
     if num_workers <= 0:
         # batchgenerators' transforms draw from numpy's global generator, its noise from Python's

@@ -28,6 +28,7 @@ from kitsseg.paths import DatasetPaths
 from kitsseg.planning import Plans, StagePlan, TrainingRecipe, load_plans
 from kitsseg.training.data import make_batches
 from kitsseg.training.distributed import Distributed
+from kitsseg.training.lesion_paste import LesionPaste
 from kitsseg.training.loss import DeepSupervisionLoss, SegmentationLoss
 from kitsseg.training.sampling import CropSampler, load_stage_volumes
 from kitsseg.training.splits import load_or_create_splits
@@ -57,6 +58,7 @@ class TrainConfig:
     lesion_fraction: float = TrainingRecipe.lesion_fraction
     outside_fraction: float = TrainingRecipe.outside_fraction
     voi_jitter_mm: tuple[float, float, float] = TrainingRecipe.voi_jitter_mm
+    lesion_paste_fraction: float = TrainingRecipe.lesion_paste_fraction
     grad_clip: float = 12.0
     time_budget_min: float = TrainingRecipe.time_budget_min  # > 0: stop (and schedule the lr) by wall clock
     overrides: tuple[str, ...] = ()  # fields the command line set instead of the plans' recipe
@@ -71,7 +73,8 @@ class TrainConfig:
 
 # what a resumed run must share with its checkpoint (workers, device and validation may differ)
 RESUME_FIELDS = ("epochs", "iters_per_epoch", "lr", "weight_decay", "loss", "seed", "augment_strength",
-                 "lesion_fraction", "outside_fraction", "voi_jitter_mm", "grad_clip", "time_budget_min")
+                 "lesion_fraction", "outside_fraction", "voi_jitter_mm", "lesion_paste_fraction", "grad_clip",
+                 "time_budget_min")
 
 
 def recipe_difference(saved: dict, config: TrainConfig) -> str | None:
@@ -184,6 +187,8 @@ class Trainer:
         self.autocast = autocast_dtype(self.device, config.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         self.sampler = CropSampler.for_stage(self.stage, self.plans.intensity.padding_value, config)
+        paste_fraction = 0.0 if self.stage.merges_foreground else config.lesion_paste_fraction  # fine stage only
+        self.paste = LesionPaste.from_volumes(self.train_volumes, paste_fraction, self.stage.spacing_mm)
         self.epoch, self.log, self.ema, self.best = 0, [], None, None
         self.batches = None  # the training loader's worker processes, started by the first epoch
         self.seconds_before = 0.0  # training time of earlier sessions (time budget)
@@ -254,7 +259,8 @@ class Trainer:
             return self.batches
         batches = make_batches(self.train_volumes, self.sampler, self.stage.patch_size, self.stage.batch_size,
                                self.stage.merges_foreground, seed=_epoch_seed(cfg.seed, self.dist.rank, self.epoch),
-                               augment_strength=cfg.augment_strength, num_workers=cfg.num_workers)
+                               augment_strength=cfg.augment_strength, num_workers=cfg.num_workers,
+                               paste=self.paste)
         if cfg.num_workers > 0:
             self.batches = batches
         return batches
