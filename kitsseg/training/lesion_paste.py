@@ -69,7 +69,8 @@ def paste(image: np.ndarray, label: np.ndarray, lesion: Lesion, centre: Sequence
     target = tuple(slice(a, b) for a, b in zip(low, high))
     source = tuple(slice(a - s, b - s) for a, b, s in zip(low, high, start))
     inside = lesion.label > 0
-    alpha = np.minimum(ndi.distance_transform_edt(inside) / EDGE_VOXELS, 1.0)[source]
+    depth = ndi.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1, 1:-1]  # the box's faces count as outside
+    alpha = np.minimum(depth / EDGE_VOXELS, 1.0)[source]
     written = inside[source] & (label[target] >= 1)
     alpha = np.where(written, alpha, 0.0)
     image[target] = alpha * lesion.image[source] + (1 - alpha) * image[target]
