@@ -5,7 +5,7 @@ KiTS23 training split holds one under 11 ml, its test split four of 3-6 ml). Wit
 `fraction` a crop that holds kidney gets one lesion from the bank of the training arrays' lesions
 (each connected tumour/cyst region: its image and labels), rescaled to a volume drawn
 log-uniformly in `volume_ml`, mirrored at random, centred on one of the crop's kidney voxels and
-written over kidney and lesion voxels only, its outer voxel blended half with the crop's image.
+written over kidney and lesion voxels only, its outer layer blended with the crop's image.
 The idea is TumorCP's (Yang et al., MICCAI 2021), which pastes KiTS19 tumours between kidneys.
 """
 from __future__ import annotations
