@@ -11,6 +11,13 @@ recipes only.
     python benchmarks/tune_fine_stage.py --workdir bench_work/val16 \
         --coarse-model bench_work/acc16_s0/model_seed0/3d_coarse/fold_all --variants baseline crop_dice_ce
 
+`--dataset kits23` trains on the KiTS23 split's first 24 training cases (with the cyst class) and
+predicts its 6 validation cases plus the KiTS19 validation cases whose patients are not among the
+KiTS23 split's training cases: the KiTS23 training cases hold almost no tumour under 10 ml, its
+test cases many, and the KiTS19 cases bring small tumours. Its coarse model is trained once on the
+same fold (`kits_train 3d_coarse 0 --data-root WORKDIR/data -d KiTS23 --time-budget 6.75`, after a
+first call has prepared the data).
+
 Variants are recipe flags of kits_train (VARIANTS) or changes of the fine stage in plans.json, its
 network or its batch size (STAGE_VARIANTS, written for the run and restored after it); `--tta`
 predicts with test-time mirroring; `--preset` or `--normalization` with another workdir tries another
@@ -42,35 +49,54 @@ STAGE_VARIANTS = {"bottleneck_16": {"network": {"bottleneck_min_channels": 16}},
 DEFAULT_BUDGET_MIN = 18.0  # fine-stage minutes per run
 
 
+def validation_cases(dataset: str) -> dict[str, Path]:
+    """The validation cases and the label maps each is rendered from."""
+    kits19 = {case: DATASETS["kits19"].labels_root for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES}
+    if dataset == "kits19":
+        return kits19
+    train, validation = DATASETS["kits23"].splits["validation"]
+    kits23_patients = set(DATASETS["kits23"].splits["test"][0])  # KiTS23 reuses KiTS19's case ids per patient
+    return {**{case: DATASETS["kits23"].labels_root for case in validation},
+            **{case: root for case, root in kits19.items() if case not in kits23_patients}}
+
+
 def prepare(workdir: Path, args: argparse.Namespace) -> Path:
     """Rendered cases, the raw training dataset, its preprocessing, fold 0 and the validation folder;
     returns the data root."""
-    rendered = render(workdir, TRAIN_CASES + EXTRA_VALIDATION_CASES, args.workers, DATASETS["kits19"].labels_root)
+    dataset = DATASETS[args.dataset]
+    train_cases = TRAIN_CASES if args.dataset == "kits19" else sum(dataset.splits["validation"], [])
+    rendered = render(workdir, train_cases, args.workers, dataset.labels_root)
+    validation = validation_cases(args.dataset)
+    for labels_root in set(validation.values()):  # each dataset's cases in their own folder: ids repeat
+        folder = workdir if labels_root == dataset.labels_root else workdir / "kits19"
+        render(folder, [c for c, r in validation.items() if r == labels_root], args.workers, labels_root)
     root = workdir / "data"
-    if not (root / "raw" / "KiTS19" / "dataset.json").exists():
+    if not (root / "raw" / dataset.name / "dataset.json").exists():
         source = workdir / "train_source"
         source.mkdir(exist_ok=True)
-        for case in TRAIN_CASES:
+        for case in train_cases:
             if not (source / case).exists():
                 (source / case).symlink_to((rendered / case).resolve())
-        run(["kits_convert", "kits", source, "--data-root", root, "-d", "KiTS19", "--quiet"], workdir / "convert.log")
-    run(preprocess_command(args, ["--data-root", root, "-d", "KiTS19"]), workdir / "preprocess.log")
-    (root / "preprocessed" / "KiTS19" / "splits_final.json").write_text(
-        json.dumps([{"train": TRAIN_CASES[:24], "val": VALIDATION_CASES}], indent=1))
-    for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES:
+        run(["kits_convert", "kits", source, "--data-root", root, "-d", dataset.name, "--quiet"],
+            workdir / "convert.log")
+    run(preprocess_command(args, ["--data-root", root, "-d", dataset.name]), workdir / "preprocess.log")
+    (root / "preprocessed" / dataset.name / "splits_final.json").write_text(
+        json.dumps([{"train": train_cases[:24], "val": train_cases[24:]}], indent=1))
+    for case, labels_root in validation.items():
+        case_folder = (rendered if labels_root == dataset.labels_root else workdir / "kits19" / "rendered") / case
         for folder, name, source in (("images", f"{case}_0000.nii.gz", "imaging.nii.gz"),
                                      ("labels", f"{case}.nii.gz", "segmentation.nii.gz")):
             link = workdir / "val" / folder / name
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
-                link.symlink_to((rendered / case / source).resolve())
+                link.symlink_to((case_folder / source).resolve())
     return root
 
 
 @contextmanager
-def fine_stage(root: Path, changes: dict):
-    """plans.json's fine stage with `changes` while the block runs (the checkpoint keeps them)."""
-    plans_path = root / "preprocessed" / "KiTS19" / "plans.json"
+def fine_stage(root: Path, name: str, changes: dict):
+    """Dataset `name`'s plans.json fine stage with `changes` while the block runs (the checkpoint keeps them)."""
+    plans_path = root / "preprocessed" / name / "plans.json"
     original = plans_path.read_text()
     plans = json.loads(original)
     apply_stage_changes(plans["stages"]["3d_fine"], changes)
@@ -99,10 +125,11 @@ def run_name(variant: str, seed: int, budget_min: float, tta: bool) -> str:
 
 def run_variant(workdir: Path, root: Path, name: str, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train the fine stage of fold 0, predict and score the validation folder; kits_evaluate's means."""
-    trained = root / "results" / "KiTS19" / "3d_fine" / "fold_0"
+    dataset = DATASETS[args.dataset].name
+    trained = root / "results" / dataset / "3d_fine" / "fold_0"
     shutil.rmtree(trained, ignore_errors=True)
-    with fine_stage(root, STAGE_VARIANTS.get(variant, {})):
-        train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", "KiTS19", "--time-budget",
+    with fine_stage(root, dataset, STAGE_VARIANTS.get(variant, {})):
+        train_s = run(["kits_train", "3d_fine", "0", "--data-root", root, "-d", dataset, "--time-budget",
                        args.budget_min, "--epochs", 10 ** 6, "--seed", seed, *VARIANTS.get(variant, []), "--quiet"],
                       workdir / f"train_{name}.log")
     models = workdir / "models" / name
@@ -122,6 +149,8 @@ def run_variant(workdir: Path, root: Path, name: str, variant: str, seed: int, a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench_work") / "tune_fine")
+    parser.add_argument("--dataset", choices=list(DATASETS), default="kits19",
+                        help="the training cases: KiTS19's, or KiTS23's with the cyst class (its own --workdir)")
     parser.add_argument("--coarse-model", type=Path, required=True, help="a trained 3d_coarse fold folder")
     parser.add_argument("--budget-min", type=float, default=DEFAULT_BUDGET_MIN,
                         help=f"fine-stage minutes per run (default: {DEFAULT_BUDGET_MIN:g})")

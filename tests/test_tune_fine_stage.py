@@ -1,8 +1,9 @@
-"""benchmarks/tune_fine_stage.py: run names (a shorter budget or mirroring never reuses a default run's folders) and
-the plans changes of its stage variants."""
+"""benchmarks/tune_fine_stage.py: run names (a shorter budget or mirroring never reuses a default run's folders),
+the plans changes of its stage variants and the validation cases of each dataset."""
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from kitsseg.network.vbnet import VBNet
@@ -10,7 +11,9 @@ from kitsseg.planning import NetworkConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from tune_fine_stage import DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, run_name  # noqa: E402
+from bench_accuracy import DATASETS  # noqa: E402
+from tune_fine_stage import (DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, run_name,  # noqa: E402
+                             validation_cases)
 
 
 def test_default_budget_keeps_the_historical_names():
@@ -46,3 +49,21 @@ def test_no_full_res_unit_variant_builds_a_net_without_the_full_resolution_unit(
     assert removed == (16 * 4 + 4 * 4 * 27 + 4 * 16) + 2 * (4 + 4 + 16)  # the bottleneck's convs, its batch norms
     assert sum(p.numel() for p in reduced.parameters()) == sum(p.numel() for p in full.parameters()) - removed
     assert reduced.eval()(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_kits19_validation_is_the_twenty_small_tumour_cases():
+    cases = validation_cases("kits19")
+    assert len(cases) == 20 and set(cases.values()) == {DATASETS["kits19"].labels_root}
+    assert {"case_00045", "case_00055", "case_00018", "case_00129"} <= set(cases)
+
+
+def test_kits23_validation_leaves_out_the_patients_it_trains_on():
+    if len(DATASETS["kits23"].splits["test"][0]) != 30:
+        pytest.skip("../shared/data/kits23-cysts is absent")
+    cases = validation_cases("kits23")
+    kits23 = [c for c, root in cases.items() if root == DATASETS["kits23"].labels_root]
+    assert kits23 == ["case_00145", "case_00152", "case_00161", "case_00178", "case_00179", "case_00183"]
+    kits19 = {c for c, root in cases.items() if root == DATASETS["kits19"].labels_root}
+    # case_00045, 00051 and 00094 are KiTS23 training patients: scoring them would score the training set
+    assert kits19 == set(validation_cases("kits19")) - {"case_00045", "case_00051", "case_00094"}
+    assert len(cases) == 23
