@@ -54,7 +54,7 @@ def validation_cases(dataset: str) -> dict[str, Path]:
     kits19 = {case: DATASETS["kits19"].labels_root for case in VALIDATION_CASES + EXTRA_VALIDATION_CASES}
     if dataset == "kits19":
         return kits19
-    train, validation = DATASETS["kits23"].splits["validation"]
+    validation = DATASETS["kits23"].splits["validation"][1]
     kits23_patients = set(DATASETS["kits23"].splits["test"][0])  # KiTS23 reuses KiTS19's case ids per patient
     return {**{case: DATASETS["kits23"].labels_root for case in validation},
             **{case: root for case, root in kits19.items() if case not in kits23_patients}}
@@ -64,9 +64,12 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Path:
     """Rendered cases, the raw training dataset, its preprocessing, fold 0 and the validation folder;
     returns the data root."""
     dataset = DATASETS[args.dataset]
+    validation = validation_cases(args.dataset)
+    linked = {p.name.removesuffix(".nii.gz") for p in (workdir / "val" / "labels").glob("*.nii.gz")}
+    if linked - set(validation):  # before rendering: KiTS23 and KiTS19 share case ids
+        raise SystemExit(f"{workdir}: its validation folder holds another dataset's cases; use another --workdir")
     train_cases = TRAIN_CASES if args.dataset == "kits19" else sum(dataset.splits["validation"], [])
     rendered = render(workdir, train_cases, args.workers, dataset.labels_root)
-    validation = validation_cases(args.dataset)
     for labels_root in set(validation.values()):  # each dataset's cases in their own folder: ids repeat
         folder = workdir if labels_root == dataset.labels_root else workdir / "kits19"
         render(folder, [c for c, r in validation.items() if r == labels_root], args.workers, labels_root)

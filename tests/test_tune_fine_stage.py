@@ -1,5 +1,6 @@
 """benchmarks/tune_fine_stage.py: run names (a shorter budget or mirroring never reuses a default run's folders),
 the plans changes of its stage variants and the validation cases of each dataset."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from kitsseg.planning import NetworkConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_accuracy import DATASETS  # noqa: E402
-from tune_fine_stage import (DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, run_name,  # noqa: E402
-                             validation_cases)
+from tune_fine_stage import (DEFAULT_BUDGET_MIN, STAGE_VARIANTS, apply_stage_changes, prepare,  # noqa: E402
+                             run_name, validation_cases)
 
 
 def test_default_budget_keeps_the_historical_names():
@@ -67,3 +68,12 @@ def test_kits23_validation_leaves_out_the_patients_it_trains_on():
     # case_00045, 00051 and 00094 are KiTS23 training patients: scoring them would score the training set
     assert kits19 == set(validation_cases("kits19")) - {"case_00045", "case_00051", "case_00094"}
     assert len(cases) == 23
+
+
+def test_a_workdir_of_the_other_dataset_is_refused_before_anything_is_rendered(tmp_path):
+    (tmp_path / "val" / "labels").mkdir(parents=True)
+    (tmp_path / "val" / "labels" / "case_00145.nii.gz").touch()  # a KiTS23 validation case
+    args = argparse.Namespace(dataset="kits19", workers=1, preset="unused", normalization=None)
+    with pytest.raises(SystemExit, match="another dataset's cases"):
+        prepare(tmp_path, args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]
