@@ -70,9 +70,10 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Path:
         raise SystemExit(f"{workdir}: its validation folder holds another dataset's cases; use another --workdir")
     train_cases = TRAIN_CASES if args.dataset == "kits19" else sum(dataset.splits["validation"], [])
     rendered = render(workdir, train_cases, args.workers, dataset.labels_root)
-    for labels_root in set(validation.values()):  # each dataset's cases in their own folder: ids repeat
-        folder = workdir if labels_root == dataset.labels_root else workdir / "kits19"
-        render(folder, [c for c, r in validation.items() if r == labels_root], args.workers, labels_root)
+    rendered_by_source = {labels_root: render(workdir if labels_root == dataset.labels_root else workdir / "kits19",
+                                              [c for c, r in validation.items() if r == labels_root], args.workers,
+                                              labels_root)
+                          for labels_root in set(validation.values())}  # each dataset's own folder: ids repeat
     root = workdir / "data"
     if not (root / "raw" / dataset.name / "dataset.json").exists():
         source = workdir / "train_source"
@@ -86,7 +87,7 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Path:
     (root / "preprocessed" / dataset.name / "splits_final.json").write_text(
         json.dumps([{"train": train_cases[:24], "val": train_cases[24:]}], indent=1))
     for case, labels_root in validation.items():
-        case_folder = (rendered if labels_root == dataset.labels_root else workdir / "kits19" / "rendered") / case
+        case_folder = rendered_by_source[labels_root] / case
         for folder, name, source in (("images", f"{case}_0000.nii.gz", "imaging.nii.gz"),
                                      ("labels", f"{case}.nii.gz", "segmentation.nii.gz")):
             link = workdir / "val" / folder / name

@@ -1,7 +1,7 @@
 """Lesion paste: a tumour or cyst of the training cases pasted into a fine crop's kidney.
 
 Small tumours decide tumour Dice but are rare in KiTS training sets (benchmarks/RESULTS.md: the
-KiTS23 training split holds one under 11 ml, its test split four of 3-6 ml). With probability
+KiTS23 training split holds three tumour pieces under 10 ml, its test split nine). With probability
 `fraction` a crop that holds kidney gets one lesion from the bank of the training arrays' lesions
 (each connected tumour/cyst region: its image and labels), rescaled to a volume drawn
 log-uniformly in `volume_ml`, mirrored at random, centred on one of the crop's kidney voxels and
